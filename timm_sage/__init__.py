@@ -1,0 +1,13 @@
+"""timm_sage: SAGE saliency-guided mixup for timm, torchvision and albumentations."""
+
+from timm_sage.functional import (
+    SageMixOutput,
+    sage_mix,
+    sage_target,
+    saliency_map,
+    sample_translations,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["SageMixOutput", "__version__", "sage_mix", "sage_target", "saliency_map", "sample_translations"]

@@ -1,0 +1,161 @@
+"""The translation-search kernel behind :func:`timm_sage.functional.sage_mix`.
+
+Everything here works on already-normalised float32 saliency maps and trusts its inputs:
+validation lives in :mod:`timm_sage.functional`. Nothing loops over the images of a batch;
+candidate translations are scored in chunks whose size bounds the temporary memory.
+
+Conventions: a translation ``(dy, dx)`` moves content from pixel ``(i, j)`` to ``(i + dy, j + dx)``;
+what leaves the frame is lost and what is uncovered is zero (no wrap-around).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Denominator floor of the mask, as in the reference code: M = s0 / max(s0 + t, MASK_EPS).
+MASK_EPS = 1e-16
+
+# Elements of one (B, k, H*W) chunk of shifted maps. About 4 MB of float32 on the CPU keeps a chunk's
+# temporaries in cache, which measured fastest on a 2-core machine; GPUs want far bigger launches.
+_CPU_CHUNK_ELEMENTS = 1 << 20
+_CUDA_CHUNK_ELEMENTS = 1 << 26
+
+
+def default_chunk_elements(device: torch.device) -> int:
+    """Chunk budget (number of float32 elements of shifted maps evaluated at once) for a device."""
+    return _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
+
+
+def _shift_windows(maps: torch.Tensor) -> torch.Tensor:
+    """All H x W windows of the zero-padded maps, as a view.
+
+    Args:
+        maps: (B, H, W) float.
+
+    Returns:
+        (B, 2H-1, 2W-1, H, W) view; ``[b, H-1-dy, W-1-dx]`` is map b shifted by ``(dy, dx)``.
+    """
+    height, width = maps.shape[-2:]
+    padded = F.pad(maps, (width - 1, width - 1, height - 1, height - 1))
+    return padded.unfold(1, height, 1).unfold(2, width, 1)
+
+
+def translation_scores(
+    anchor: torch.Tensor,
+    partner: torch.Tensor,
+    translations: torch.Tensor,
+    *,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """Score ``v(tau)`` of every candidate translation for every image (SAGE.md section 3).
+
+    ``v(tau) = sum[s0 * M + t * (1 - M)]`` with ``t`` the partner map shifted by ``tau`` and
+    ``M = s0 / max(s0 + t, 1e-16)``, computed as ``sum(t) + sum(M * (s0 - t))``.
+
+    Args:
+        anchor: (B, H, W) float32, the prior-weighted anchor maps ``s0``.
+        partner: (B, H, W) float32, the prior-weighted partner maps ``s1`` (already permuted).
+        translations: (K, 2) long, candidate ``(dy, dx)`` with ``|dy| < H`` and ``|dx| < W``.
+        chunk_elements: bound on ``B * k * H * W`` for one chunk of ``k`` candidates.
+
+    Returns:
+        (B, K) float32 scores.
+    """
+    batch, height, width = anchor.shape
+    pixels = height * width
+    budget = chunk_elements or default_chunk_elements(anchor.device)
+    chunk = max(1, budget // max(1, batch * pixels))
+    windows = _shift_windows(partner)
+    rows = (height - 1 - translations[:, 0]).to(anchor.device)
+    cols = (width - 1 - translations[:, 1]).to(anchor.device)
+    s0 = anchor.reshape(batch, 1, pixels)
+    scores = []
+    for start in range(0, translations.shape[0], chunk):
+        shifted = windows[:, rows[start : start + chunk], cols[start : start + chunk]]
+        shifted = shifted.reshape(batch, -1, pixels)
+        mask = torch.add(shifted, s0).clamp_min_(MASK_EPS)
+        mask = torch.div(s0, mask, out=mask)
+        shifted_total = shifted.sum(-1)
+        difference = shifted.neg_().add_(s0)  # s0 - t, reusing the shifted buffer
+        scores.append(shifted_total + torch.linalg.vecdot(mask, difference))
+    return torch.cat(scores, dim=1)
+
+
+def shift_images(images: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """Shift each image of a batch by its own translation, filling uncovered pixels with zero.
+
+    Args:
+        images: (B, C, H, W) any dtype.
+        translation: (B, 2) long ``(dy, dx)``, one per image.
+
+    Returns:
+        (B, C, H, W) contiguous tensor of ``images``' dtype and device.
+    """
+    batch, channels, height, width = images.shape
+    translation = translation.to(images.device)
+    src_rows = torch.arange(height, device=images.device) - translation[:, :1]  # (B, H)
+    src_cols = torch.arange(width, device=images.device) - translation[:, 1:]  # (B, W)
+    # Out-of-frame sources point at an appended zero row / column.
+    src_rows = torch.where((src_rows >= 0) & (src_rows < height), src_rows, height)
+    src_cols = torch.where((src_cols >= 0) & (src_cols < width), src_cols, width)
+    padded = F.pad(images, (0, 1, 0, 1)).reshape(batch, channels, (height + 1) * (width + 1))
+    flat_index = (src_rows[:, :, None] * (width + 1) + src_cols[:, None, :]).reshape(batch, 1, -1)
+    shifted = padded.gather(2, flat_index.expand(batch, channels, height * width))
+    return shifted.reshape(batch, channels, height, width)
+
+
+def mixing_mask(anchor: torch.Tensor, shifted_partner: torch.Tensor) -> torch.Tensor:
+    """``M = s0 / max(s0 + t, 1e-16)``, elementwise; (B, H, W) float32 in [0, 1]."""
+    return anchor / (anchor + shifted_partner).clamp_min(MASK_EPS)
+
+
+def pooling_factor(height: int, width: int, search_size: int | None) -> int:
+    """Integer factor that brings ``max(height, width)`` down to at most ``search_size``."""
+    if search_size is None:
+        return 1
+    return max(1, math.ceil(max(height, width) / search_size))
+
+
+def pool_maps(maps: torch.Tensor, factor: int) -> torch.Tensor:
+    """Sum-pool (B, H, W) maps by ``factor`` (partial windows at the border kept), preserving totals."""
+    if factor == 1:
+        return maps
+    return F.avg_pool2d(maps[:, None], factor, factor, ceil_mode=True, divisor_override=1)[:, 0]
+
+
+def best_translation(
+    anchor: torch.Tensor,
+    partner: torch.Tensor,
+    translations: torch.Tensor,
+    *,
+    search_size: int | None = None,
+    chunk_elements: int | None = None,
+) -> torch.Tensor:
+    """Index of the best-scoring candidate for each image, the first one on ties.
+
+    With ``search_size``, maps are sum-pooled by :func:`pooling_factor` and each candidate is scored
+    at its nearest pooled shift; candidates that share a pooled shift are scored once.
+
+    Args:
+        anchor, partner: (B, H, W) float32 prior-weighted maps (partner already permuted).
+        translations: (K, 2) long candidates.
+
+    Returns:
+        (B,) long indices into ``translations``.
+    """
+    height, width = anchor.shape[-2:]
+    factor = pooling_factor(height, width, search_size)
+    if factor == 1:
+        return translation_scores(anchor, partner, translations, chunk_elements=chunk_elements).argmax(1)
+    pooled_anchor = pool_maps(anchor, factor)
+    pooled_partner = pool_maps(partner, factor)
+    pooled_height, pooled_width = pooled_anchor.shape[-2:]
+    pooled = torch.round(translations.double() / factor).long()
+    pooled[:, 0].clamp_(-(pooled_height - 1), pooled_height - 1)
+    pooled[:, 1].clamp_(-(pooled_width - 1), pooled_width - 1)
+    unique, inverse = torch.unique(pooled, dim=0, return_inverse=True)
+    scores = translation_scores(pooled_anchor, pooled_partner, unique, chunk_elements=chunk_elements)
+    return scores[:, inverse.to(scores.device)].argmax(1)
