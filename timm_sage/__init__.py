@@ -7,7 +7,17 @@ from timm_sage.functional import (
     saliency_map,
     sample_translations,
 )
+from timm_sage.mixup import SageMixup, unwrap_model
 
 __version__ = "0.1.0"
 
-__all__ = ["SageMixOutput", "__version__", "sage_mix", "sage_target", "saliency_map", "sample_translations"]
+__all__ = [
+    "SageMixOutput",
+    "SageMixup",
+    "__version__",
+    "sage_mix",
+    "sage_target",
+    "saliency_map",
+    "sample_translations",
+    "unwrap_model",
+]

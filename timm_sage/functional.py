@@ -144,7 +144,8 @@ def saliency_pass(
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, and the
-        clean ``loss`` (0-dim float32, detached).
+        clean ``loss`` (0-dim float32, detached). When the loss is NaN or Inf no backward runs and
+        the saliency is all NaN, so a caller can skip the batch (SageMixup does, with a warning).
     """
     _checks.check_tensor("x", x)
     _checks.check_floating("x", x)
@@ -157,6 +158,10 @@ def saliency_pass(
     inputs = x.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         clean_loss = _clean_loss(model(inputs), target, loss)
+        if not bool(torch.isfinite(clean_loss)):
+            # A NaN/Inf loss must not reach any .grad: report it as a NaN map and let the caller decide.
+            nan_map = torch.full((x.shape[0], *x.shape[-2:]), math.nan, device=x.device)
+            return SaliencyPass(nan_map, clean_loss.detach())
         if param_grad_weight > 0:
             scaled = clean_loss * param_grad_weight
             if backward_scale is not None:

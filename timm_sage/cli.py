@@ -1,0 +1,64 @@
+"""``timm-sage``: the command line. Each subcommand lives in its own module, imported on use.
+
+A subcommand module provides ``add_arguments(parser: argparse.ArgumentParser) -> None`` and
+``run(args: argparse.Namespace) -> int``; this file only routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("timm_sage.train.command", "train a classifier with SAGE or a baseline mixing (timm-style YAML)"),
+    "recipe": ("timm_sage.recipes", "turn a timm recipe (file, folder, hf-hub:ORG/REPO) into a SAGE config"),
+    "saliency": ("timm_sage.cache", "compute a saliency cache for a dataset with a trained model"),
+    "show": ("timm_sage.viz", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
+    "bench": ("timm_sage.bench", "benchmark suites: mix, step, scale, memory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="timm-sage", description="SAGE saliency-guided mixup for timm.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not module_name.startswith(error.name):
+                raise
+            sub.set_defaults(_unavailable=f"'{name}' is not available in this installation ({error})")
+            continue
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from timm_sage import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if getattr(args, "_unavailable", None):
+        print(f"timm-sage: {args._unavailable}", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"timm-sage {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
