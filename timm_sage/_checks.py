@@ -37,7 +37,9 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
-def check_fraction(name: str, value: Any, *, low: float = 0.0, high: float = 1.0, open_low: bool = False) -> float:
+def check_fraction(
+    name: str, value: Any, *, low: float = 0.0, high: float = 1.0, open_low: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)

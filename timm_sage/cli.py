@@ -13,7 +13,10 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("timm_sage.train.command", "train a classifier with SAGE or a baseline mixing (timm-style YAML)"),
+    "train": (
+        "timm_sage.train.command",
+        "train a classifier with SAGE or a baseline mixing (timm-style YAML)",
+    ),
     "recipe": ("timm_sage.recipes", "turn a timm recipe (file, folder, hf-hub:ORG/REPO) into a SAGE config"),
     "saliency": ("timm_sage.cache", "compute a saliency cache for a dataset with a trained model"),
     "show": ("timm_sage.viz", "write PNG figures of SAGE mixes (needs the [viz] extra)"),

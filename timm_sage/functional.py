@@ -412,9 +412,13 @@ def sage_target(
         one_hot = target.float()
     else:
         if target.ndim != 1:
-            raise ValueError(f"target must be (B,) labels or (B, num_classes) soft labels, got {tuple(target.shape)}")
+            raise ValueError(
+                f"target must be (B,) labels or (B, num_classes) soft labels, got {tuple(target.shape)}"
+            )
         if bool((target < 0).any()) or bool((target >= num_classes).any()):
-            raise ValueError(f"target labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}")
+            raise ValueError(
+                f"target labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}"
+            )
         off = smoothing / num_classes
         one_hot = torch.full((batch, num_classes), off, device=target.device)
         one_hot.scatter_(1, target.long().view(-1, 1), 1.0 - smoothing + off)

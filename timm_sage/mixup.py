@@ -27,7 +27,10 @@ MODES = ("batch", "pair", "elem", "half", "sage")
 
 
 class SageParams(NamedTuple):
-    """The random draws of one SAGE batch: ``perm`` (B,) long, ``prior`` float, ``translations`` (K, 2) long."""
+    """The random draws of one SAGE batch.
+
+    ``perm`` (B,) long, ``prior`` float, ``translations`` (K, 2) long, all on the CPU.
+    """
 
     perm: torch.Tensor
     prior: float
@@ -160,7 +163,9 @@ class SageMixup(Mixup):
         _checks.check_fraction("label_smoothing", label_smoothing)
         _checks.check_positive_int("num_classes", num_classes)
         if mode == "sage" and mixup_alpha <= 0:
-            raise ValueError("mixup_alpha must be > 0 with mode='sage': it is the Beta parameter of SAGE's prior")
+            raise ValueError(
+                "mixup_alpha must be > 0 with mode='sage': it is the Beta parameter of SAGE's prior"
+            )
         self.upper_lambda = _checks.check_fraction("upper_lambda", upper_lambda)
         self.rand_pos = _checks.check_fraction("rand_pos", rand_pos, open_low=True)
         self.update_ratio = _checks.check_fraction("update_ratio", update_ratio, open_low=True)
@@ -170,7 +175,9 @@ class SageMixup(Mixup):
         )
         self.blur_kernel = _checks.check_positive_int("blur_kernel", blur_kernel)
         self.blur_sigma = _checks.check_fraction("blur_sigma", blur_sigma, high=math.inf, open_low=True)
-        self.search_size = None if search_size is None else _checks.check_positive_int("search_size", search_size)
+        self.search_size = (
+            None if search_size is None else _checks.check_positive_int("search_size", search_size)
+        )
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(f"amp_dtype must be a torch.dtype or None, got {type(amp_dtype).__name__}")
         self.amp_dtype = amp_dtype
@@ -212,7 +219,9 @@ class SageMixup(Mixup):
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=self.generator))
         return np.random.default_rng(seed)
 
-    def draw_sage_params(self, batch: int, height: int, width: int, rng: np.random.Generator | None = None) -> SageParams:
+    def draw_sage_params(
+        self, batch: int, height: int, width: int, rng: np.random.Generator | None = None
+    ) -> SageParams:
         """Draw ``perm``, ``prior`` and candidate ``translations`` for one batch (CPU tensors)."""
         rng = rng if rng is not None else self._numpy_rng()
         prior = float(rng.beta(self.mixup_alpha, self.mixup_alpha)) * self.upper_lambda
@@ -238,7 +247,11 @@ class SageMixup(Mixup):
         batch = x.shape[0]
         rng = self._numpy_rng()
         use_mixing = self.mixup_enabled and rng.random() < self.mix_prob
-        use_cutmix = use_mixing and self.cutmix_alpha > 0 and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
+        use_cutmix = (
+            use_mixing
+            and self.cutmix_alpha > 0
+            and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
+        )
         identity = torch.arange(batch)
         if not use_mixing:
             self.last = SageMixRecord("none", torch.ones(batch), identity)
@@ -306,7 +319,9 @@ class SageMixup(Mixup):
         return mixed, self._target(target, perm, lam_t)
 
     # -- model in the loop ---------------------------------------------------------------------
-    def _live_saliency(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor | None, float | None]:
+    def _live_saliency(
+        self, x: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor | None, float | None]:
         if self.model is None:
             raise ValueError(
                 "SageMixup(mode='sage') needs the live model: pass model=... or call .bind(model), "
