@@ -1,0 +1,42 @@
+"""`timm-sage bench` on tiny settings: the table and JSON come out in the documented format."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from timm_sage import cli
+
+
+def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "mix", "step", "scale", "--quick", "--repeats", "1", "--warmup", "0"]
+    code = cli.main([*argv, "--json", str(out), "--plot-dir", str(tmp_path)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0] == "| suite | case | what | median | unit | ratio | to |"
+    assert len(table) > 20
+    for line in table[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 7 and re.fullmatch(r"\d+\.\d\d", cells[3])
+    payload = json.loads(out.read_text())
+    names = {(r["suite"], r["name"]) for r in payload["rows"]}
+    assert ("step", "sage update_ratio=0.7") in names
+    assert any(n.startswith("sage_mix search_size=8") for _, n in names)
+    assert ("mix", "torchvision v2 CutMix") in names and ("mix", "timm mixup elem") in names
+    # Ratios are measured against the row named in "baseline" of the same case.
+    rows = payload["rows"]
+    for row in rows:
+        if row["ratio"] is not None:
+            base = next(r for r in rows if r["case"] == row["case"] and r["name"] == row["baseline"])
+            assert row["ratio"] == pytest.approx(row["value"] / base["value"])
+    assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_unknown_suite_and_device(capsys):
+    assert cli.main(["bench", "nonsense"]) == 2
+    assert "suites must be among" in capsys.readouterr().err
+    assert cli.main(["bench", "mix", "--device", "tpu"]) == 2

@@ -1,0 +1,50 @@
+"""Small matplotlib helpers shared by bench and training outputs; matplotlib is imported on use only."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:  # pragma: no cover - depends on the optional extra
+        raise ImportError("figures need matplotlib: pip install 'timm-sage[viz]'") from error
+    return plt
+
+
+def save_figure_atomic(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
+        tmp = handle.name
+    figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def loglog_plot(
+    series: dict[str, tuple[list[float], list[float]]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """One log-log line per series name: ``{name: (xs, ys)}``."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, (xs, ys) in series.items():
+        axes.loglog(xs, ys, marker="o", label=name)
+    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+    return Path(path)

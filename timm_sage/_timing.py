@@ -1,0 +1,77 @@
+"""Timing and reporting helpers for ``timm-sage bench``: medians after warm-up, one table format."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class BenchRow:
+    """One measured line: suite, case, name, a median ``value`` in ``unit``, a ratio to ``baseline``."""
+
+    suite: str
+    case: str
+    name: str
+    value: float
+    baseline: str = ""
+    ratio: float | None = None
+    extra: dict = field(default_factory=dict)
+    unit: str = "ms"
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    )
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A Markdown table: suite, case, what, median value and unit, ratio (to the named baseline)."""
+    lines = ["| suite | case | what | median | unit | ratio | to |", "|---|---|---|---:|---|---:|---|"]
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.3f}"
+        cells = (row.suite, row.case, row.name, f"{row.value:.2f}", row.unit, ratio, row.baseline)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: str | Path, rows: list[BenchRow], meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"meta": meta, "rows": [asdict(row) for row in rows]}
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        json.dump(payload, handle, indent=2)
+        tmp = handle.name
+    os.replace(tmp, path)

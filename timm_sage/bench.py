@@ -1,0 +1,381 @@
+"""``timm-sage bench``: the mixing call, full training steps, scaling and memory, side by side.
+
+Every figure of one invocation is measured in the same process (memory: in fresh child processes), as
+the median of ``--repeats`` runs after ``--warmup`` runs, so ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+import multiprocessing
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from timm_sage import functional
+from timm_sage._timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
+
+SUITES = ("mix", "step", "scale", "memory")
+
+
+@dataclass(frozen=True)
+class MixCase:
+    """A mixing benchmark: batch, image side, the model whose training step is the yardstick."""
+
+    label: str
+    batch: int
+    size: int
+    model: str
+    num_classes: int
+    search_sizes: tuple[int | None, ...] = (None,)
+
+
+FULL_MIX_CASES = (
+    MixCase("cifar B=100 3x32x32", 100, 32, "preactresnet18", 10),
+    MixCase("B=8 3x128x128", 8, 128, "preactresnet18", 10),
+    MixCase("imagenet B=32 3x224x224", 32, 224, "resnet50", 1000, (None, 56)),
+)
+QUICK_MIX_CASES = (
+    MixCase("quick B=8 3x16x16", 8, 16, "test_resnet", 10),
+    MixCase("quick B=4 3x32x32", 4, 32, "test_resnet", 10, (None, 8)),
+)
+
+
+def _model(name: str, num_classes: int, device: torch.device) -> torch.nn.Module:
+    import timm
+
+    return timm.create_model(name, num_classes=num_classes).to(device).train()
+
+
+def _batch(batch: int, size: int, num_classes: int, device: torch.device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device)
+    y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
+    return x, y
+
+
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable:
+    def step(x: torch.Tensor, target: torch.Tensor) -> None:
+        loss = torch.sum(-target * F.log_softmax(model(x), -1), -1).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _soft(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(y, num_classes).float()
+
+
+def _other_mixers(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Callable[[], object]]:
+    """timm Mixup/CutMix (batch and elem modes) and torchvision v2 MixUp/CutMix on the same batch."""
+    from timm.data import Mixup
+    from torchvision.transforms import v2
+
+    timm_mixers = {
+        f"timm {kind} {mode}": Mixup(
+            mixup_alpha=1.0 if kind == "mixup" else 0.0,
+            cutmix_alpha=1.0 if kind == "cutmix" else 0.0,
+            mode=mode,
+            num_classes=num_classes,
+        )
+        for kind in ("mixup", "cutmix")
+        for mode in ("batch", "elem")
+    }
+    # timm mixes in place: each call gets a fresh copy, as a training loop's new batch would be.
+    calls: dict[str, Callable[[], object]] = {
+        name: functools.partial(_call_on_copy, mixer, x, y) for name, mixer in timm_mixers.items()
+    }
+    calls["torchvision v2 MixUp"] = functools.partial(v2.MixUp(num_classes=num_classes), x, y)
+    calls["torchvision v2 CutMix"] = functools.partial(v2.CutMix(num_classes=num_classes), x, y)
+    return calls
+
+
+def _call_on_copy(mixer: Callable, x: torch.Tensor, y: torch.Tensor) -> object:
+    return mixer(x.clone(), y)
+
+
+def _mixed_step(
+    step: Callable, mixer: Callable | None, x: torch.Tensor, y: torch.Tensor, classes: int
+) -> None:
+    if mixer is None:
+        step(x, _soft(y, classes))
+    else:
+        step(*mixer(x.clone(), y))
+
+
+def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
+    """sage_mix and the saliency pass next to a training step, plus timm/torchvision mixers."""
+    rows: list[BenchRow] = []
+    for case in tqdm(QUICK_MIX_CASES if quick else FULL_MIX_CASES, desc="bench mix", leave=False):
+        model = _model(case.model, case.num_classes, device)
+        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+        x, y = _batch(case.batch, case.size, case.num_classes, device)
+        soft = _soft(y, case.num_classes)
+        base = f"{case.model} train step"
+        timed = functools.partial(median_ms, device=device, repeats=repeats, warmup=warmup)
+        step_ms = timed(functools.partial(step, x, soft))
+        rows.append(BenchRow("mix", case.label, base, step_ms, base, 1.0))
+        saliency = functional.saliency_map(model, x, y)
+        ms = timed(functools.partial(functional.saliency_map, model, x, y))
+        rows.append(BenchRow("mix", case.label, "saliency_map", ms, base, ms / step_ms))
+        perm = torch.randperm(case.batch, generator=torch.Generator().manual_seed(1)).to(device)
+        for search_size in case.search_sizes:
+            translations = functional.sample_translations(
+                case.size,
+                case.size,
+                0.01,
+                generator=torch.Generator().manual_seed(2),
+                search_size=search_size,
+            ).to(device)
+            mix = functools.partial(
+                functional.sage_mix,
+                x,
+                saliency,
+                perm=perm,
+                prior=0.3,
+                translations=translations,
+                search_size=search_size,
+            )
+            ms = timed(mix)
+            label = "exact" if search_size is None else f"search_size={search_size}"
+            extra = {"per_image_ms": ms / case.batch, "candidates": translations.shape[0]}
+            name = f"sage_mix {label} K={translations.shape[0]}"
+            rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms, extra))
+        for name, call in _other_mixers(x, y, case.num_classes).items():
+            ms = timed(call)
+            rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms))
+    return rows
+
+
+def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
+    """Full training steps: vanilla, timm Mixup, timm CutMix, SAGE with update_ratio 1 and 0.7."""
+    from timm.data import Mixup
+
+    from timm_sage.mixup import SageMixup
+
+    name, batch, size, classes = ("test_resnet", 8, 16, 10) if quick else ("preactresnet18", 100, 32, 10)
+    case = f"{name} B={batch} 3x{size}x{size}"
+    base_model = _model(name, classes, device)
+    x, y = _batch(batch, size, classes, device)
+    rows: list[BenchRow] = []
+    mixers: dict[str, Callable | None] = {
+        "vanilla": None,
+        "timm mixup": Mixup(mixup_alpha=1.0, label_smoothing=0.0, num_classes=classes),
+        "timm cutmix": Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=classes),
+        "sage update_ratio=1": ("sage", 1.0),
+        "sage update_ratio=0.7": ("sage", 0.7),
+    }
+    vanilla_ms = None
+    for label, mixer in tqdm(mixers.items(), desc="bench step", leave=False):
+        model = copy.deepcopy(base_model)
+        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
+        if isinstance(mixer, tuple):
+            mixer = SageMixup(
+                mixup_alpha=1.0,
+                mode="sage",
+                label_smoothing=0.0,
+                num_classes=classes,
+                model=model,
+                update_ratio=mixer[1],
+                seed=0,
+            )
+        full_step = functools.partial(_mixed_step, step, mixer, x, y, classes)
+        ms = median_ms(full_step, device, repeats=repeats, warmup=warmup)
+        vanilla_ms = vanilla_ms or ms
+        rows.append(BenchRow("step", case, label, ms, "vanilla", ms / vanilla_ms))
+    return rows
+
+
+def suite_scale(
+    device: torch.device, repeats: int, warmup: int, quick: bool, plot: Path | None = None
+) -> list[BenchRow]:
+    """sage_mix cost as the image side and the batch grow, exact and with search_size=56."""
+    sizes = (16, 32) if quick else (32, 64, 128, 224, 384)
+    batches = (4, 8) if quick else (32, 64, 128, 256)
+    search = 8 if quick else 56
+    rows: list[BenchRow] = []
+    runs = [
+        ("size", s, 8 if not quick else 2, ss) for s in sizes for ss in (None, search) if not (ss and ss >= s)
+    ]
+    runs += [("batch", 32 if not quick else 16, b, None) for b in batches]
+    for axis, size, batch, search_size in tqdm(runs, desc="bench scale", leave=False):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, 3, size, size, generator=g).to(device)
+        saliency = torch.rand(batch, size, size, generator=g).to(device)
+        perm = torch.randperm(batch, generator=g).to(device)
+        translations = functional.sample_translations(size, size, 0.01, generator=g, search_size=search_size)
+        mix = functools.partial(
+            functional.sage_mix,
+            x,
+            saliency,
+            perm=perm,
+            prior=0.3,
+            translations=translations.to(device),
+            search_size=search_size,
+        )
+        ms = median_ms(mix, device, repeats=repeats, warmup=warmup)
+        label = "exact" if search_size is None else f"search_size={search_size}"
+        rows.append(
+            BenchRow(
+                "scale",
+                f"{axis}: B={batch} {size}x{size}",
+                f"sage_mix {label}",
+                ms,
+                extra={
+                    "axis": axis,
+                    "size": size,
+                    "batch": batch,
+                    "search_size": search_size,
+                    "candidates": translations.shape[0],
+                    "per_image_ms": ms / batch,
+                },
+            )
+        )
+    if plot is not None:
+        _plot_scale(rows, plot)
+    return rows
+
+
+def _plot_scale(rows: list[BenchRow], path: Path) -> None:
+    from timm_sage._plots import loglog_plot
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        axis = row.extra["axis"]
+        key = f"{axis}: {row.name}"
+        xs, ys = series.setdefault(key, ([], []))
+        xs.append(row.extra["size"] if axis == "size" else row.extra["batch"])
+        ys.append(row.value)
+    loglog_plot(
+        series, path, title="sage_mix cost (median ms)", xlabel="image side / batch size", ylabel="ms"
+    )
+
+
+def _peak_rss_child(kind: str, quick: bool, queue) -> None:
+    torch.set_num_threads(1 if quick else torch.get_num_threads())
+    from timm_sage.mixup import SageMixup
+
+    name, batch, size = ("test_resnet", 8, 16) if quick else ("preactresnet18", 100, 32)
+    model = _model(name, 10, torch.device("cpu"))
+    step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3))
+    x, y = _batch(batch, size, 10, torch.device("cpu"))
+    mixer = SageMixup(
+        mixup_alpha=1.0,
+        mode="sage",
+        num_classes=10,
+        model=model,
+        seed=0,
+        update_ratio=0.7 if kind == "sage r=0.7" else 1.0,
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    for _ in range(2):
+        _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)
+    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))
+
+
+def suite_memory(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
+    """Peak memory of a SAGE step against a vanilla step (CPU: peak RSS of a fresh process, MiB)."""
+    rows: list[BenchRow] = []
+    kinds = ("vanilla", "sage r=1", "sage r=0.7")
+    if device.type == "cuda":
+        return _cuda_memory(device, kinds)
+    context = multiprocessing.get_context("spawn")
+    peaks = {}
+    for kind in tqdm(kinds, desc="bench memory", leave=False):
+        queue = context.Queue()
+        process = context.Process(target=_peak_rss_child, args=(kind, quick, queue))
+        process.start()
+        peaks[kind] = queue.get(timeout=600)
+        process.join()
+    # The process's own footprint (torch, model, batch) is the same for every kind: the step's share is
+    # the growth of the peak during the steps, and that is what the ratio compares.
+    growth = {kind: max(after - before, 1e-3) for kind, (before, after) in peaks.items()}
+    for kind in kinds:
+        before, after = peaks[kind]
+        extra = {"process_peak_mib": after, "before_steps_mib": before}
+        ratio = growth[kind] / growth["vanilla"]
+        rows.append(
+            BenchRow("memory", "step peak RSS growth", kind, growth[kind], "vanilla", ratio, extra, "MiB")
+        )
+    return rows
+
+
+def _cuda_memory(device: torch.device, kinds: tuple[str, ...]) -> list[BenchRow]:
+    from timm_sage.mixup import SageMixup
+
+    rows, peaks = [], {}
+    x, y = _batch(100, 32, 10, device)
+    for kind in kinds:
+        model = _model("preactresnet18", 10, device)
+        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3))
+        mixer = SageMixup(
+            mixup_alpha=1.0,
+            mode="sage",
+            num_classes=10,
+            model=model,
+            seed=0,
+            update_ratio=0.7 if kind == "sage r=0.7" else 1.0,
+        )
+        torch.cuda.reset_peak_memory_stats(device)
+        _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)
+        peaks[kind] = torch.cuda.max_memory_allocated(device) / 2**20
+    for kind in kinds:
+        ratio = peaks[kind] / peaks["vanilla"]
+        rows.append(BenchRow("memory", "CUDA max allocated", kind, peaks[kind], "vanilla", ratio, unit="MiB"))
+    return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "suites", nargs="*", default=["mix"], help=f"any of {', '.join(SUITES)} (default: mix)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per figure (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--plot-dir", type=Path, default=None, help="folder for the scale suite's PNG")
+    parser.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
+
+
+def run(args: argparse.Namespace) -> int:
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"suites must be among {', '.join(SUITES)}; unknown: {', '.join(unknown)}")
+    if args.device not in ("cpu", "cuda") and not str(args.device).startswith("cuda:"):
+        raise ValueError(f"--device must be cpu or cuda, got {args.device!r}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if args.repeats < 1 or args.warmup < 0:
+        raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    rows: list[BenchRow] = []
+    for suite in args.suites:
+        if suite == "scale":
+            plot = (args.plot_dir / "scale.png") if args.plot_dir else None
+            rows += suite_scale(device, args.repeats, args.warmup, args.quick, plot)
+        else:
+            rows += globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)
+    meta = {
+        "machine": machine_description(device),
+        "device": str(device),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "suites": list(args.suites),
+        "quick": args.quick,
+    }
+    print(f"machine: {meta['machine']}; medians of {args.repeats} runs after {args.warmup} warm-up")
+    print(format_table(rows))
+    if args.json is not None:
+        write_json_atomic(args.json, rows, meta)
+        print(f"wrote {args.json}")
+    return 0 if all(math.isfinite(r.value) for r in rows) else 1
