@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "saliency": ("timm_sage.cache", "compute a saliency cache for a dataset with a trained model"),
     "show": ("timm_sage.viz", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
     "bench": ("timm_sage.bench", "benchmark suites: mix, step, scale, memory"),
+    "study": ("timm_sage.study", "train configs over several seeds and report mean and spread"),
 }
 
 
