@@ -8,12 +8,15 @@ import re
 import pytest
 
 from timm_sage import cli
+from timm_sage._report import read_between_markers
 
 
 def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
     out = tmp_path / "bench.json"
     argv = ["bench", "mix", "step", "scale", "--quick", "--repeats", "1", "--warmup", "0"]
-    code = cli.main([*argv, "--json", str(out), "--plot-dir", str(tmp_path)])
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\nhand-written intro\n")
+    code = cli.main([*argv, "--json", str(out), "--plot-dir", str(tmp_path), "--report", str(report)])
     assert code == 0
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("| ")]
@@ -33,6 +36,10 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
         if row["ratio"] is not None:
             base = next(r for r in rows if r["case"] == row["case"] and r["name"] == row["baseline"])
             assert row["ratio"] == pytest.approx(row["value"] / base["value"])
+    section = read_between_markers(report, "bench-mix-step-scale")
+    assert section is not None and "hand-written intro" in report.read_text()
+    assert section.startswith("Command: `timm-sage bench mix step scale --device cpu --repeats 1")
+    assert [line for line in section.splitlines() if line.startswith("| ")] == table
     assert (tmp_path / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -34,7 +34,7 @@ def test_report_table_figure_and_markers(tmp_path):
     assert cells[3] == f"{statistics.stdev([88.0, 87.0]):.2f}" and cells[4] == "87.50"
     report = tmp_path / "results.md"
     report.write_text("# Results\n\nbefore\n\n<!-- study:begin -->\nold\n<!-- study:end -->\n\nafter\n")
-    study.write_between_markers(report, text)
+    study.write_between_markers(report, text, study.SECTION)
     written = report.read_text()
     assert "old" not in written and "before" in written and "after" in written and sage_row in written
     study.plot_curves(results, tmp_path / "curves.png")

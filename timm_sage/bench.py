@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from timm_sage import functional
+from timm_sage._report import write_between_markers
 from timm_sage._timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
 
 SUITES = ("mix", "step", "scale", "memory")
@@ -345,6 +346,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--plot-dir", type=Path, default=None, help="folder for the scale suite's PNG")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="Markdown file whose bench section gets the table (docs/benchmarks.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -378,4 +385,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json_atomic(args.json, rows, meta)
         print(f"wrote {args.json}")
+    if args.report is not None:
+        command = (
+            "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
+        )
+        command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
+        body = f"Command: `{command}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
+        section = "bench-" + "-".join(args.suites) + ("-" + device.type if device.type != "cpu" else "")
+        write_between_markers(args.report, body, section)
+        print(f"wrote section {section} of {args.report}")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1

@@ -14,11 +14,11 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-BEGIN = "<!-- study:begin -->"
-END = "<!-- study:end -->"
+from timm_sage._report import write_between_markers
+
+SECTION = "study"
 
 
 def run_name(config: Path, seed: int) -> str:
@@ -130,20 +130,6 @@ def plot_curves(results: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
-def write_between_markers(markdown: Path, body: str) -> None:
-    """Replace the text between the study markers of ``markdown`` (appending them if absent), atomically."""
-    text = markdown.read_text() if markdown.is_file() else ""
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
-    with tempfile.NamedTemporaryFile("w", dir=markdown.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, markdown)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="+", type=Path, help="training configs (YAML), one per method")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -170,6 +156,6 @@ def run(args: argparse.Namespace) -> int:
         figure_link = os.path.relpath(args.figure, args.report.parent) if args.report else str(args.figure)
         body += f"\n\n![test accuracy per epoch]({figure_link})"
     if args.report is not None:
-        write_between_markers(args.report, body)
+        write_between_markers(args.report, body, SECTION)
         print(f"wrote {args.report}")
     return 0
