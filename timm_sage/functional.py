@@ -170,9 +170,12 @@ def saliency_pass(
             grad = inputs.grad
         else:
             (grad,) = torch.autograd.grad(clean_loss, inputs)
-    grad = grad.float()
-    channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
-    return SaliencyPass(blur_maps(channel_map, blur_kernel, blur_sigma), clean_loss.detach())
+    # The caller's autocast must not push the reduction and the blur back into half precision.
+    with torch.autocast(device_type=grad.device.type, enabled=False):
+        grad = grad.float()
+        channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
+        saliency = blur_maps(channel_map, blur_kernel, blur_sigma)
+    return SaliencyPass(saliency, clean_loss.detach())
 
 
 def saliency_map(

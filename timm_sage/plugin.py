@@ -1,0 +1,402 @@
+"""``--mixup-mode sage`` on timm's own, unmodified ``train.py``.
+
+Use it either way::
+
+    python train.py DATA --mixup 1.0 --mixup-mode sage --device-modules timm_sage.plugin
+    timm-sage-train train.py DATA --mixup 1.0 --mixup-mode sage --sage-upper-lambda 0.6
+
+How it works
+============
+train.py looks its building blocks up as *module globals at call time*: ``Mixup``, ``FastCollateMixup``,
+``create_loader``, ``ClassificationTask`` (and the other timm training tasks), ``create_optimizer_v2``,
+``NativeScaler``. :func:`install` replaces those names in train.py's namespace, once the parsed ``args``
+are known, and only when ``args.mixup_mode == "sage"``; with any other mode nothing is patched and
+train.py behaves exactly as stock timm.
+
+* ``--device-modules timm_sage.plugin``: train.py's ``main()`` imports this module right after parsing.
+  At import, the module walks up the call stack to ``main()``'s frame, takes its local ``args`` and its
+  globals (train.py's namespace) and calls :func:`install` there. The launcher
+  (:mod:`timm_sage.launcher`) calls :func:`install` itself, from a wrapper around ``parser.parse_args``.
+* ``Mixup(**mixup_args)`` (the ``--no-prefetcher`` path) builds a :class:`PluginSageMixup`: a
+  :class:`~timm_sage.SageMixup` with the ``sage_*`` options of ``args`` (from ``--sage-*`` flags of the
+  launcher or ``sage_*`` keys of the ``--config`` YAML). train.py calls it as ``mixup_fn(input, target)``
+  on the device; it computes saliency from the live model at every call.
+* ``FastCollateMixup(**mixup_args)`` (the prefetcher path, the default) returns a
+  :class:`DeferredSageCollate`: in the DataLoader workers it only collates (timm's ``fast_collate``:
+  uint8 batch, integer targets); it cannot mix there, as the workers hold no model. The
+  :class:`PluginSageMixup` it carries stays in the main process (it is not pickled into the workers).
+  ``create_loader(..., collate_fn=that)`` returns a
+  :class:`DeviceMixLoader` around timm's loader: each batch, already on the device and normalised by the
+  ``PrefetchLoader``, is SAGE-mixed there, and comes out with soft targets (B, num_classes) float32 for
+  ``SoftTargetCrossEntropy``. The loader's ``mixup_enabled`` *is* the mixer's flag in the main process,
+  so ``--mixup-off-epoch`` (train.py sets ``loader.mixup_enabled = False``) switches SAGE off even with
+  persistent workers (stock timm misses this: its flag only flips in the main process's copy).
+* The model: the task classes (``ClassificationTask``, the distillation tasks) are replaced by subclasses
+  whose constructor records the model they receive (after ``.to(device)`` and channels_last), and
+  every SAGE mixer binds it. Scripts without a task (older train.py) are covered by
+  ``create_optimizer_v2(model, ...)``, which records its model argument. Binding strips DDP,
+  ``torch.compile`` and EMA wrappers, so the saliency pass runs the plain module: eagerly, not through
+  the compiled graph, and outside DDP's forward, so DDP's reducer does not see it.
+* ``--amp``: the saliency pass runs under ``torch.autocast`` with train.py's AMP dtype (train.py mixes
+  before entering its own autocast). ``NativeScaler`` instances are recorded, so with
+  ``sage_update_ratio < 1`` the clean-loss gradient is scaled like train.py's loss.
+* ``--channels-last``: the saliency pass follows the model's memory format.
+* Seeds: ``sage_seed`` when given, else ``torch.initial_seed()`` (train.py seeds it with seed + rank).
+
+Limits: with ``--sync-bn`` every rank must run the saliency pass on the same steps (its BatchNorm
+synchronises across ranks); set ``sage_seed`` so that all ranks make the same per-batch choices.
+Random erasing on the prefetcher path runs before SAGE (stock timm erases after mixing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from timm_sage.mixup import SageMixup
+
+__all__ = [
+    "SAGE_OPTIONS",
+    "DeferredSageCollate",
+    "DeviceMixLoader",
+    "PluginSageMixup",
+    "PluginState",
+    "current_state",
+    "install",
+    "sage_options_from_args",
+]
+
+_logger = logging.getLogger(__name__)
+
+STATE_KEY = "__timm_sage_plugin__"
+
+# option name (SageMixup keyword) -> (argparse type, choices, help); on args as ``sage_<name>``.
+SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]] = {
+    "upper_lambda": (float, None, "prior = Beta(mixup, mixup) * upper_lambda (SAGE default 0.6)"),
+    "rand_pos": (float, None, "fraction of all translations searched per batch (default 0.01)"),
+    "update_ratio": (float, None, "r: clean-loss gradient kept with weight (1 - r) / r (default 1: none)"),
+    "search_size": (int, None, "search on saliency maps pooled to at most this size (default: exact)"),
+    "saliency_loss": (str, ("bce_softmax", "cross_entropy"), "loss of the saliency pass"),
+    "saliency_reduce": (str, ("mean_abs", "l2"), "channel reduction of the input gradient"),
+    "blur_kernel": (int, None, "Gaussian blur kernel of the saliency maps (default 5)"),
+    "blur_sigma": (float, None, "Gaussian blur sigma (default 1.0)"),
+    "seed": (int, None, "seed of SAGE's random draws (default: torch.initial_seed())"),
+}
+
+_current: PluginState | None = None
+
+
+@dataclass
+class PluginState:
+    """What :func:`install` patched in one train.py namespace, and what it found since."""
+
+    namespace: dict[str, Any]
+    args: argparse.Namespace | None
+    options: dict[str, Any]
+    model: nn.Module | None = None
+    grad_scaler: Any = None
+    mixers: list[PluginSageMixup] = field(default_factory=list)
+    loaders: list[DeviceMixLoader] = field(default_factory=list)
+    originals: dict[str, Any] = field(default_factory=dict)
+
+    def set_model(self, model: Any, *, replace: bool) -> None:
+        """Record the training model (``replace``: a task's model wins over an optimizer's argument)."""
+        if isinstance(model, nn.Module) and (replace or self.model is None):
+            self.model = model
+            for mixer in self.mixers:
+                mixer.model = None  # rebind lazily, with the scaler known by then
+
+    def new_mixer(self, mixup_args: dict[str, Any]) -> PluginSageMixup:
+        """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options."""
+        options = dict(self.options)
+        if options.get("seed") is None:
+            options["seed"] = torch.initial_seed()
+        mixer = PluginSageMixup(**mixup_args, **options)
+        mixer.plugin_state = self
+        self.mixers.append(mixer)
+        return mixer
+
+
+class PluginSageMixup(SageMixup):
+    """SageMixup that finds the model and the loss scaler of the run it was installed in at call time."""
+
+    plugin_state: PluginState | None = None
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor | None = None):
+        state = self.plugin_state
+        if self.mode == "sage" and saliency is None and state is not None and self.model is None:
+            if state.model is None:
+                raise RuntimeError(
+                    "timm_sage.plugin: no model to compute saliency from; the training script built no "
+                    "timm task (ClassificationTask, ...) and called no create_optimizer_v2(model, ...) "
+                    "before the first batch; bind one with "
+                    "plugin.current_state().set_model(model, replace=True)"
+                )
+            self.bind(state.model, grad_scaler=state.grad_scaler)
+        return super().__call__(x, target, saliency)
+
+
+class DeferredSageCollate:
+    """The ``FastCollateMixup`` stand-in: plain ``fast_collate`` in the workers, the mixer kept aside.
+
+    ``__call__(batch)`` -> (uint8 (B, C, H, W), int64 (B,)). ``mixer`` is dropped when pickled, so the
+    workers never receive the model.
+    """
+
+    def __init__(self, mixer: PluginSageMixup) -> None:
+        self.mixer: PluginSageMixup | None = mixer
+
+    def __call__(self, batch: list[tuple[Any, Any]], _: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        from timm.data.loader import fast_collate
+
+        return fast_collate(batch)
+
+    @property
+    def mixup_enabled(self) -> bool:
+        return bool(self.mixer is not None and self.mixer.mixup_enabled)
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        if self.mixer is not None:
+            self.mixer.mixup_enabled = bool(value)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"mixer": None}
+
+
+class DeviceMixLoader:
+    """Wraps timm's training loader: SAGE-mixes each device batch in the main process.
+
+    Yields ``(input (B, C, H, W) float, target (B, num_classes) float32)``. Every other attribute
+    (``sampler``, ``dataset``, ``len()``, ...) is the wrapped loader's.
+    """
+
+    def __init__(self, loader: Any, mixer: PluginSageMixup) -> None:
+        self.loader = loader
+        self.mixer = mixer
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, target in self.loader:
+            if not inputs.is_floating_point():
+                raise TypeError(
+                    "timm_sage.plugin: the SAGE collate needs timm's prefetcher (normalised float batches "
+                    f"on the device), got {inputs.dtype} batches; drop --no-prefetcher or pass a loader "
+                    "built with use_prefetcher=True"
+                )
+            yield self.mixer(inputs, target)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def mixup_enabled(self) -> bool:
+        return bool(self.mixer.mixup_enabled)
+
+    @mixup_enabled.setter
+    def mixup_enabled(self, value: bool) -> None:
+        self.mixer.mixup_enabled = bool(value)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("loader", "mixer"):
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
+def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
+    """SageMixup keywords from ``args.sage_*`` (None values skipped) plus ``amp_dtype`` from ``--amp``.
+
+    Raises:
+        ValueError: an unknown ``sage_*`` key (a typo in the YAML), or a value of the wrong kind.
+    """
+    if args is None:
+        return {}
+    options: dict[str, Any] = {}
+    for key, value in sorted(vars(args).items()):
+        if not key.startswith("sage_"):
+            continue
+        name = key[len("sage_") :]
+        if name not in SAGE_OPTIONS:
+            known = ", ".join(f"sage_{n}" for n in SAGE_OPTIONS)
+            raise ValueError(f"unknown SAGE option {key!r} (--config or command line); known: {known}")
+        if value is None:
+            continue
+        kind, choices, _ = SAGE_OPTIONS[name]
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{key} must be a {kind.__name__}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        options[name] = value
+    if getattr(args, "amp", False) and getattr(args, "amp_impl", "native") != "apex":
+        low_precision = getattr(args, "amp_dtype", "float16")
+        options["amp_dtype"] = torch.bfloat16 if low_precision == "bfloat16" else torch.float16
+    return options
+
+
+def _mixing_active(args: argparse.Namespace) -> bool:
+    """train.py's rule: mixing is on when ``mixup > 0 or cutmix > 0 or cutmix_minmax is not None``."""
+    mixup, cutmix = getattr(args, "mixup", 0) or 0, getattr(args, "cutmix", 0) or 0
+    return mixup > 0 or cutmix > 0 or getattr(args, "cutmix_minmax", None) is not None
+
+
+def _is_sage(mixup_args: dict[str, Any]) -> bool:
+    return mixup_args.get("mode") == "sage"
+
+
+def _model_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    for key in ("model", "student_model"):
+        if key in kwargs:
+            return kwargs[key]
+    return args[0] if args else None
+
+
+def _patch_tasks(state: PluginState) -> None:
+    try:
+        from timm.task import TrainingTask
+    except ImportError:  # timm without tasks: the optimizer hook finds the model
+        return
+    for name, value in list(state.namespace.items()):
+        if not (isinstance(value, type) and issubclass(value, TrainingTask)):
+            continue
+
+        def __init__(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> None:
+            _base.__init__(self, *args, **kwargs)
+            state.set_model(_model_argument(args, kwargs), replace=True)
+
+        patched = type(value.__name__, (value,), {"__init__": __init__, "__module__": value.__module__})
+        patched.__qualname__ = value.__qualname__
+        state.originals[name] = value
+        state.namespace[name] = patched
+
+
+def _wrap(state: PluginState, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    original = state.namespace.get(name)
+    if original is None:
+        return
+    state.originals[name] = original
+    wrapper = make(original)
+    functools.update_wrapper(wrapper, original)
+    state.namespace[name] = wrapper
+
+
+def install(namespace: dict[str, Any], args: argparse.Namespace | None = None) -> PluginState | None:
+    """Patch a train.py namespace for ``--mixup-mode sage``; see the module docstring.
+
+    Args:
+        namespace: train.py's module globals (``vars(module)``).
+        args: the parsed arguments. When given and ``args.mixup_mode != "sage"``, nothing is patched
+            and None is returned. When None, the factories decide per call from ``mode``.
+
+    Returns:
+        The :class:`PluginState` of this namespace (the same one if called again), or None.
+
+    Raises:
+        ValueError: a bad ``sage_*`` option.
+    """
+    global _current
+    if not isinstance(namespace, dict):
+        raise TypeError(f"namespace must be a module's globals dict, got {type(namespace).__name__}")
+    existing = namespace.get(STATE_KEY)
+    if existing is not None:
+        if args is not None:
+            existing.args = args
+            existing.options = sage_options_from_args(args)
+        return existing
+    if args is not None and getattr(args, "mixup_mode", None) != "sage":
+        return None
+    if args is not None and not _mixing_active(args):
+        warnings.warn(
+            "--mixup-mode sage has no effect without --mixup ALPHA > 0 (train.py mixes only when --mixup, "
+            "--cutmix or --cutmix-minmax is set): use --mixup 1.0 --mixup-mode sage",
+            UserWarning,
+            stacklevel=2,
+        )
+    state = PluginState(namespace=namespace, args=args, options=sage_options_from_args(args))
+
+    def make_mixup(original: Callable[..., Any]) -> Callable[..., Any]:
+        def Mixup(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
+            return state.new_mixer(kwargs) if not args and _is_sage(kwargs) else original(*args, **kwargs)
+
+        return Mixup
+
+    def make_collate(original: Callable[..., Any]) -> Callable[..., Any]:
+        def FastCollateMixup(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
+            if args or not _is_sage(kwargs):
+                return original(*args, **kwargs)
+            return DeferredSageCollate(state.new_mixer(kwargs))
+
+        return FastCollateMixup
+
+    def make_loader(original: Callable[..., Any]) -> Callable[..., Any]:
+        def create_loader(*args: Any, **kwargs: Any) -> Any:
+            collate = kwargs.get("collate_fn")
+            loader = original(*args, **kwargs)
+            if isinstance(collate, DeferredSageCollate) and collate.mixer is not None:
+                loader = DeviceMixLoader(loader, collate.mixer)
+                state.loaders.append(loader)
+            return loader
+
+        return create_loader
+
+    def make_optimizer(original: Callable[..., Any]) -> Callable[..., Any]:
+        def create_optimizer_v2(*args: Any, **kwargs: Any) -> Any:
+            state.set_model(_model_argument(args, kwargs), replace=False)
+            return original(*args, **kwargs)
+
+        return create_optimizer_v2
+
+    def make_scaler(original: Callable[..., Any]) -> Callable[..., Any]:
+        def NativeScaler(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
+            scaler = original(*args, **kwargs)
+            state.grad_scaler = scaler
+            for mixer in state.mixers:
+                mixer.model = None  # rebind with the scaler at the next call
+            return scaler
+
+        return NativeScaler
+
+    _wrap(state, "Mixup", make_mixup)
+    _wrap(state, "FastCollateMixup", make_collate)
+    _wrap(state, "create_loader", make_loader)
+    _wrap(state, "create_optimizer_v2", make_optimizer)
+    _wrap(state, "NativeScaler", make_scaler)
+    _patch_tasks(state)
+    namespace[STATE_KEY] = state
+    _current = state
+    _logger.info("timm_sage.plugin: --mixup-mode sage installed (%s)", ", ".join(sorted(state.originals)))
+    return state
+
+
+def current_state() -> PluginState | None:
+    """The state of the last :func:`install` in this process (None before any)."""
+    return _current
+
+
+def _install_from_importer() -> PluginState | None:
+    """``--device-modules`` hook: find train.py's ``main()`` frame above this import and install there."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        namespace = frame.f_globals
+        builds_mixers = "Mixup" in namespace or "FastCollateMixup" in namespace
+        if namespace.get("__name__") != __name__ and builds_mixers:
+            args = frame.f_locals.get("args")
+            if isinstance(args, argparse.Namespace):
+                return install(namespace, args)
+        frame = frame.f_back
+    _logger.debug("timm_sage.plugin imported outside a train.py main(): nothing installed")
+    return None
+
+
+_install_from_importer()
