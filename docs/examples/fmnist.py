@@ -1,0 +1,52 @@
+"""Fashion-MNIST for the examples: the idx files as numpy arrays, and a small CNN.
+
+The files live in /usr/share/datasets/fashion-mnist (``train-images-idx3-ubyte.gz`` ...); set
+``FASHION_MNIST`` to another folder holding the same four files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+ROOT = Path(os.environ.get("FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+MEAN, STD = 0.2860, 0.3530
+
+
+def _read(path: Path, limit: int | None) -> np.ndarray:
+    """The first ``limit`` items of an idx.gz file (only those bytes are decompressed)."""
+    with gzip.open(path, "rb") as handle:
+        _, _, ndim = struct.unpack(">HBB", handle.read(4))
+        shape = list(struct.unpack(f">{ndim}I", handle.read(4 * ndim)))
+        shape[0] = shape[0] if limit is None else min(limit, shape[0])
+        data = handle.read(int(np.prod(shape)))
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape).copy()
+
+
+def load(split: str = "train", limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of the first ``limit`` samples of ``split``."""
+    prefix = "train" if split == "train" else "t10k"
+    images = _read(ROOT / f"{prefix}-images-idx3-ubyte.gz", limit)
+    labels = _read(ROOT / f"{prefix}-labels-idx1-ubyte.gz", limit).astype(np.int64)
+    return images, labels
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """A 2-block CNN for 1 x 28 x 28 inputs: (B, 1, 28, 28) float -> (B, num_classes) logits."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, num_classes),
+    )

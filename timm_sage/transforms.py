@@ -1,0 +1,347 @@
+"""SAGE as a torchvision ``transforms.v2`` batch transform, in the idiom of ``v2.MixUp`` / ``v2.CutMix``.
+
+``SAGE(num_classes=10, model=model)(images, labels)`` mixes a batch with saliency from the live model;
+``SAGE(num_classes=10)(images, labels, saliency)`` (or a dict sample with a ``"saliency"`` entry) uses
+precomputed maps, e.g. from :class:`timm_sage.cache.SaliencyCache`, and then works in a ``collate_fn``.
+The checks and error messages on the inputs are those of ``v2.MixUp``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import Transform
+from torchvision.transforms.v2._utils import _parse_labels_getter, has_any, is_pure_tensor, query_size
+
+from timm_sage import _checks, _search, functional
+from timm_sage.mixup import unwrap_model
+
+__all__ = ["SAGE"]
+
+_UNSUPPORTED = tuple(
+    t
+    for t in (
+        PIL.Image.Image,
+        tv_tensors.BoundingBoxes,
+        tv_tensors.Mask,
+        getattr(tv_tensors, "KeyPoints", None),
+    )
+    if t is not None
+)
+
+
+def _default_saliency_getter(inputs: Any) -> torch.Tensor | None:
+    """A third tensor of a tuple/list, or the ``"saliency"`` entry (any case) of a dict sample."""
+    if isinstance(inputs, (tuple, list)):
+        if len(inputs) >= 3 and isinstance(inputs[2], torch.Tensor):
+            return inputs[2]
+        inputs = inputs[1] if len(inputs) == 2 else None
+    if isinstance(inputs, Mapping):
+        for key, value in inputs.items():
+            if isinstance(key, str) and key.lower() == "saliency":
+                return value
+    return None
+
+
+class SAGE(Transform):
+    """Saliency-guided mixup with optimal rearrangements (SAGE.md) on a batch, like ``v2.MixUp``.
+
+    Call it on a batch: ``images`` (B, C, H, W) ``tv_tensors.Image`` or plain tensor (float, or integer
+    with precomputed saliency), ``labels`` (B,) integer or (B, num_classes) probabilities. It returns the
+    same structure with mixed images (same type, dtype and device; the inputs are not modified) and soft
+    labels (B, num_classes) float. Each image ``b`` is mixed with its partner ``perm[b]`` slid to the
+    best of the batch's candidate translations; its label share is the mean of its mask.
+
+    Saliency, (B, H, W) or (B, 1, H, W) non-negative floats, comes from:
+        * the batch: a third element ``(images, labels, saliency)`` or a ``"saliency"`` key of a dict
+          sample (``saliency_getter`` overrides the lookup). It is passed through unchanged; or
+        * the bound model (``model=...`` or :meth:`bind`): one forward/backward of the clean batch
+          per call (:func:`timm_sage.functional.saliency_pass`), in whatever mode the model is in.
+
+    Args:
+        alpha: Beta parameter of the prior; ``prior = Beta(alpha, alpha) * upper_lambda``.
+        upper_lambda: cap of the anchor's prior share, in [0, 1].
+        rand_pos: fraction of all translations evaluated per batch, in (0, 1].
+        search_size: pooled search for large images (see :func:`timm_sage.functional.sage_mix`).
+        num_classes: required for integer labels, as in ``v2.MixUp``.
+        labels_getter: ``"default"`` or a callable, as in ``v2.MixUp``.
+        saliency_getter: ``"default"`` or a callable returning the (B, H, W) maps or None.
+        model: live model for saliency; DDP / compile / EMA wrappers are unwrapped. Not a submodule.
+        saliency_loss, saliency_reduce, blur_kernel, blur_sigma: options of the saliency pass.
+        seed / generator: source of every random draw (a fresh seed when neither is given). In
+            DataLoader workers the generator is reseeded from the worker's seed so workers differ.
+    """
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 1.0,
+        upper_lambda: float = 0.6,
+        rand_pos: float = 0.01,
+        search_size: int | None = None,
+        num_classes: int | None = None,
+        labels_getter: Any = "default",
+        saliency_getter: Callable[[Any], torch.Tensor | None] | str = "default",
+        model: nn.Module | None = None,
+        saliency_loss: str = "bce_softmax",
+        saliency_reduce: str = "mean_abs",
+        blur_kernel: int = 5,
+        blur_sigma: float = 1.0,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.alpha = _checks.check_fraction("alpha", alpha, high=math.inf, open_low=True)
+        self.upper_lambda = _checks.check_fraction("upper_lambda", upper_lambda)
+        self.rand_pos = _checks.check_fraction("rand_pos", rand_pos, open_low=True)
+        self.search_size = (
+            None if search_size is None else _checks.check_positive_int("search_size", search_size)
+        )
+        self.num_classes = (
+            None if num_classes is None else _checks.check_positive_int("num_classes", num_classes)
+        )
+        self._labels_getter = _parse_labels_getter(labels_getter)
+        if saliency_getter == "default":
+            saliency_getter = _default_saliency_getter
+        elif not callable(saliency_getter):
+            raise TypeError(
+                f"saliency_getter must be 'default' or a callable, got {type(saliency_getter).__name__}"
+            )
+        self._saliency_getter = saliency_getter
+        self.saliency_loss = _checks.check_choice("saliency_loss", saliency_loss, functional.SALIENCY_LOSSES)
+        self.saliency_reduce = _checks.check_choice(
+            "saliency_reduce", saliency_reduce, functional.SALIENCY_REDUCTIONS
+        )
+        self.blur_kernel = _checks.check_positive_int("blur_kernel", blur_kernel)
+        self.blur_sigma = _checks.check_fraction("blur_sigma", blur_sigma, high=math.inf, open_low=True)
+        _checks.check_generator("generator", generator)
+        if generator is not None and seed is not None:
+            raise ValueError("pass either seed or generator, not both")
+        if generator is None:
+            generator = torch.Generator()
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        self.generator = generator
+        self._base_seed = generator.initial_seed()
+        self._worker_key: tuple[int, int] | None = None
+        object.__setattr__(self, "_model", None)  # kept out of nn.Module's registry: not a submodule
+        if model is not None:
+            self.bind(model)
+
+    # -- model ---------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module | None:
+        """The bound model (unwrapped), or None when saliency comes with the batch."""
+        return self._model
+
+    def bind(self, model: nn.Module) -> SAGE:
+        """Bind the live model whose saliency drives mixing; returns self."""
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        object.__setattr__(self, "_model", unwrap_model(model))
+        return self
+
+    # -- random draws --------------------------------------------------------------------------
+    def _reseed_in_worker(self) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            return
+        key = (os.getpid(), int(info.seed))
+        if key != self._worker_key:
+            self._worker_key = key
+            self.generator.manual_seed((self._base_seed * 1_000_003 + int(info.seed)) % (2**63))
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """Draw ``perm`` (B,) long, ``prior`` float and candidate ``translations`` (K, 2) long (CPU).
+
+        Args:
+            flat_inputs: the inputs to transform; the first image-like tensor gives B, H and W.
+        """
+        images = [
+            i for i in flat_inputs if isinstance(i, (tv_tensors.Image, tv_tensors.Video)) or is_pure_tensor(i)
+        ]
+        if not images:
+            raise ValueError(f"{type(self).__name__}() needs a batch of images (B, C, H, W)")
+        height, width = query_size(images)
+        self._reseed_in_worker()
+        numpy_seed = int(torch.randint(0, 2**63 - 1, (1,), generator=self.generator))
+        prior = float(np.random.default_rng(numpy_seed).beta(self.alpha, self.alpha)) * self.upper_lambda
+        perm = torch.randperm(images[0].shape[0], generator=self.generator)
+        translations = functional.sample_translations(
+            height, width, self.rand_pos, generator=self.generator, search_size=self.search_size
+        )
+        return {"perm": perm, "prior": prior, "translations": translations}
+
+    # -- the call ------------------------------------------------------------------------------
+    def forward(self, *inputs: Any) -> Any:
+        inputs = inputs if len(inputs) > 1 else inputs[0]
+        flat_inputs, spec = tree_flatten(inputs)
+        if has_any(flat_inputs, *_UNSUPPORTED):
+            raise ValueError(
+                f"{type(self).__name__}() does not support PIL images, bounding boxes, keypoints and masks."
+            )
+        labels = self._labels_getter(inputs)
+        if not isinstance(labels, torch.Tensor):
+            raise ValueError(f"The labels must be a tensor, but got {type(labels)} instead.")
+        if labels.ndim not in (1, 2):
+            raise ValueError(
+                f"labels should be index based with shape (batch_size,) "
+                f"or probability based with shape (batch_size, num_classes), "
+                f"but got a tensor of shape {labels.shape} instead."
+            )
+        if labels.ndim == 2 and self.num_classes is not None and labels.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"When passing 2D labels, "
+                f"the number of elements in last dimension must match num_classes: "
+                f"{labels.shape[-1]} != {self.num_classes}. "
+                f"You can Leave num_classes to None."
+            )
+        if labels.ndim == 1 and self.num_classes is None:
+            raise ValueError("num_classes must be passed if the labels are index-based (1D)")
+        saliency = self._saliency_getter(inputs)
+        # The saliency entry is never transformed, nor mistaken for the images by v2's pure-tensor rule.
+        needs_transform = self._needs_transform_list([None if i is saliency else i for i in flat_inputs])
+        to_transform = [i for i, needed in zip(flat_inputs, needs_transform, strict=True) if needed]
+        params = {"labels": labels, "batch_size": labels.shape[0], **self.make_params(to_transform)}
+        anchor = to_transform[0]
+        self._check_image(anchor, batch_size=params["batch_size"])
+        params.update(self.plan(anchor, labels, saliency, params))
+        needs_transform[next(idx for idx, i in enumerate(flat_inputs) if i is labels)] = True
+        flat_outputs = [
+            self.transform(i, params) if needed else i
+            for i, needed in zip(flat_inputs, needs_transform, strict=True)
+        ]
+        return tree_unflatten(flat_outputs, spec)
+
+    def _check_image(self, inpt: Any, *, batch_size: int) -> None:
+        if isinstance(inpt, tv_tensors.Video):
+            raise ValueError(f"{type(self).__name__}() does not support videos: pass (B, C, H, W) images")
+        if inpt.ndim != 4:
+            raise ValueError(f"Expected a batched input with 4 dims, but got {inpt.ndim} dimensions instead.")
+        if inpt.shape[0] != batch_size:
+            raise ValueError(
+                f"The batch size of the image or video does not match the batch size of the labels: "
+                f"{inpt.shape[0]} != {batch_size}."
+            )
+
+    def plan(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        saliency: torch.Tensor | None,
+        params: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Search the translations and build the masks for drawn ``params``.
+
+        Args:
+            images: (B, C, H, W) anchor batch (used for the model's saliency pass and the device).
+            labels: (B,) or (B, num_classes) labels, the saliency pass's target.
+            saliency: (B, H, W) / (B, 1, H, W) maps, or None to use the bound model.
+            params: from :meth:`make_params`; its ``perm`` may be replaced by the identity when the
+                model's saliency is not finite (the batch is then left unmixed, with a warning).
+
+        Returns:
+            ``{"perm", "saliency" (B, H, W) float32, "translation" (B, 2) long, "mask" (B, H, W) float32,
+            "lam" (B,) float32}``, on the images' device.
+        """
+        plain = images.as_subclass(torch.Tensor)
+        device = plain.device
+        batch = plain.shape[0]
+        perm = params["perm"].to(device)
+        if saliency is None:
+            saliency = self._model_saliency(plain, labels)
+            if saliency is None:
+                identity = torch.arange(batch, device=device)
+                ones = torch.ones(batch, *plain.shape[-2:], device=device)
+                zeros = torch.zeros(batch, 2, dtype=torch.long, device=device)
+                return {
+                    "perm": identity,
+                    "saliency": ones,
+                    "translation": zeros,
+                    "mask": ones,
+                    "lam": ones[:, 0, 0],
+                }
+        _checks.check_tensor("saliency", saliency)
+        saliency = saliency.as_subclass(torch.Tensor).detach().to(device)
+        floating = plain if plain.is_floating_point() else plain.float()
+        out = functional.sage_mix(
+            floating,
+            saliency,
+            perm=perm,
+            prior=params["prior"],
+            translations=params["translations"],
+            search_size=self.search_size,
+        )
+        maps = saliency[:, 0] if saliency.ndim == 4 else saliency
+        mask = functional.mixing_mask(maps, perm=perm, prior=params["prior"], translation=out.translation)
+        return {
+            "perm": perm,
+            "saliency": maps.float(),
+            "translation": out.translation,
+            "mask": mask,
+            "lam": out.lam,
+        }
+
+    def _model_saliency(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        if self._model is None:
+            raise ValueError(
+                f"{type(self).__name__}() needs saliency: bind the live model (model=... or .bind(model)) "
+                "or pass it with the batch ((images, labels, saliency) or a dict with a 'saliency' key)"
+            )
+        result = functional.saliency_pass(
+            self._model,
+            images,
+            labels.to(images.device),
+            loss=self.saliency_loss,
+            reduce=self.saliency_reduce,
+            blur_kernel=self.blur_kernel,
+            blur_sigma=self.blur_sigma,
+        )
+        if not bool(torch.isfinite(result.saliency).all()):
+            warnings.warn(
+                "SAGE: the saliency pass gave a non-finite loss or gradient; this batch is not mixed",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return result.saliency
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        """Mix one input with ``params`` from :meth:`make_params` + :meth:`plan`: images or labels."""
+        if inpt is params["labels"]:
+            num_classes = self.num_classes if inpt.ndim == 1 else inpt.shape[-1]
+            lam = params["lam"].to(inpt.device)
+            mixed = functional.sage_target(
+                inpt, perm=params["perm"].to(inpt.device), lam=lam, num_classes=num_classes
+            )
+            return mixed.to(inpt.dtype) if inpt.is_floating_point() else mixed
+        if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
+            self._check_image(inpt, batch_size=params["batch_size"])
+            plain = inpt.as_subclass(torch.Tensor)
+            partner = _search.shift_images(plain.detach()[params["perm"]], params["translation"])
+            mixed = partner.float().lerp_(plain.detach().float(), params["mask"][:, None].to(plain.device))
+            if plain.is_floating_point():
+                mixed = mixed.to(plain.dtype)
+            else:
+                info = torch.iinfo(plain.dtype)
+                mixed = mixed.round_().clamp_(info.min, info.max).to(plain.dtype)
+            return tv_tensors.wrap(mixed, like=inpt) if isinstance(inpt, tv_tensors.Image) else mixed
+        return inpt
+
+    def extra_repr(self) -> str:
+        return (
+            f"alpha={self.alpha}, upper_lambda={self.upper_lambda}, rand_pos={self.rand_pos}, "
+            f"search_size={self.search_size}, num_classes={self.num_classes}, bound={self._model is not None}"
+        )
