@@ -102,6 +102,9 @@ def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.
         if target.shape != logits.shape:
             raise ValueError(f"soft target must have shape {tuple(logits.shape)}, got {tuple(target.shape)}")
         probabilities = target.float()
+        _checks.check_finite_nonnegative("target", probabilities)
+        if loss == "bce_softmax" and bool((probabilities > 1).any()):
+            raise ValueError("soft target values must lie in [0, 1] for saliency_loss='bce_softmax'")
     else:
         if target.ndim != 1 or target.shape[0] != logits.shape[0]:
             raise ValueError(f"target must have shape ({logits.shape[0]},), got {tuple(target.shape)}")
@@ -110,7 +113,12 @@ def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.
         probabilities = F.one_hot(target.long(), num_classes).float()
     if loss == "cross_entropy":
         return F.cross_entropy(logits, probabilities)
-    return F.binary_cross_entropy(torch.softmax(logits, dim=-1), probabilities)
+    predicted = torch.softmax(logits, dim=-1)
+    # F.binary_cross_entropy raises (CPU) or device-asserts (CUDA) on NaN inputs. Feed it a placeholder
+    # and hand back a NaN loss instead, which saliency_pass reports; no host sync here.
+    broken = ~torch.isfinite(predicted).all()
+    value = F.binary_cross_entropy(torch.where(broken, 0.5, predicted), probabilities)
+    return torch.where(broken, math.nan, value)
 
 
 def saliency_pass(
@@ -166,8 +174,24 @@ def saliency_pass(
             scaled = clean_loss * param_grad_weight
             if backward_scale is not None:
                 scaled = backward_scale(scaled)
-            scaled.backward()
-            grad = inputs.grad
+            module = model if isinstance(model, nn.Module) else None
+            params = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+            if not params:
+                scaled.backward()
+                grad = inputs.grad
+            else:
+                grad, *param_grads = torch.autograd.grad(scaled, [inputs, *params], allow_unused=True)
+                present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
+                finite = torch.stack([torch.isfinite(g).all() for g in [grad] + [g for _, g in present]])
+                if not bool(finite.all()):
+                    # A NaN/Inf gradient must not reach any .grad either: same report as a NaN loss.
+                    nan_map = torch.full((x.shape[0], *x.shape[-2:]), math.nan, device=x.device)
+                    return SaliencyPass(nan_map, clean_loss.detach())
+                for param, param_grad in present:
+                    if param.grad is None:
+                        param.grad = param_grad
+                    else:
+                        param.grad.add_(param_grad)
         else:
             (grad,) = torch.autograd.grad(clean_loss, inputs)
     # The caller's autocast must not push the reduction and the blur back into half precision.
@@ -290,9 +314,10 @@ def normalise_saliency(
     ``s0 = prior * s / sum(s)``, ``s1 = (1 - prior) * s[perm] / sum(s[perm])``. A map that is all zeros
     counts as uniform. Scaling by the per-image maximum first keeps huge and denormal values finite.
     """
-    maps = saliency.float()
+    # Scale by the peak in the maps' own precision (float64 maps may exceed float32's range), then float32.
+    maps = saliency if saliency.dtype == torch.float64 else saliency.float()
     peak = maps.flatten(1).amax(1).view(-1, 1, 1)
-    maps = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(torch.float32).tiny), 1.0)
+    maps = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 1.0).float()
     maps = maps / maps.sum((1, 2), keepdim=True)
     prior = prior.view(-1, 1, 1)
     return prior * maps, (1 - prior) * maps[perm]
@@ -362,25 +387,45 @@ def sage_mix(
         raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
     batch, _, height, width = x.shape
     with torch.no_grad():
-        saliency = _check_saliency(saliency.detach(), x.shape).to(x.device)
+        saliency = _check_saliency(saliency, x.shape).detach().to(x.device)
         perm = _checks.check_permutation("perm", perm, batch).to(x.device)
         prior_t = _check_prior(prior, batch, x.device)
         translations = _check_translations(translations, height, width, "translations").to(x.device)
         if search_size is not None:
             _checks.check_positive_int("search_size", search_size)
-        s0, s1 = normalise_saliency(saliency, perm, prior_t)
-        best = _search.best_translation(
-            s0, s1, translations, search_size=search_size, chunk_elements=chunk_elements
-        )
-        translation = translations[best]
-        shifted_partner = _search.shift_images(s1[:, None], translation)[:, 0]
-        mask = _search.mixing_mask(s0, shifted_partner)
-        lam = mask.mean((1, 2))
-        partner_images = _search.shift_images(x.detach()[perm], translation)
-        mask = mask[:, None]
-        images = partner_images.float().lerp_(x.detach().float(), mask).to(x.dtype)
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            images = images.contiguous(memory_format=torch.channels_last)
+        if chunk_elements is not None:
+            _checks.check_positive_int("chunk_elements", chunk_elements)
+        return _sage_mix_core(x.detach(), saliency, perm, prior_t, translations, search_size, chunk_elements)
+
+
+def _sage_mix_core(
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    perm: torch.Tensor,
+    prior: torch.Tensor,
+    translations: torch.Tensor,
+    search_size: int | None,
+    chunk_elements: int | None,
+) -> SageMixOutput:
+    """:func:`sage_mix` on checked inputs, with no data-dependent Python control flow (compilable).
+
+    ``x`` (B, C, H, W) floating, ``saliency`` (B, H, W), ``perm`` (B,) long, ``prior`` (B,) float32,
+    ``translations`` (K, 2) long, all on x's device. The exact search (``search_size=None``) traces
+    with no graph break; the pooled one breaks once at ``torch.unique``.
+    """
+    s0, s1 = normalise_saliency(saliency, perm, prior)
+    best = _search.best_translation(
+        s0, s1, translations, search_size=search_size, chunk_elements=chunk_elements
+    )
+    translation = translations[best]
+    shifted_partner = _search.shift_images(s1[:, None], translation)[:, 0]
+    mask = _search.mixing_mask(s0, shifted_partner)
+    lam = mask.mean((1, 2))
+    partner_images = _search.shift_images(x[perm], translation)
+    work = torch.promote_types(x.dtype, torch.float32)  # float64 images are mixed in float64
+    images = partner_images.to(work).lerp_(x.to(work), mask[:, None].to(work)).to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        images = images.contiguous(memory_format=torch.channels_last)
     return SageMixOutput(images, lam, translation)
 
 
@@ -413,6 +458,7 @@ def sage_target(
         if target.shape != (batch, num_classes):
             raise ValueError(f"soft target must have shape (B, {num_classes}), got {tuple(target.shape)}")
         one_hot = target.float()
+        _checks.check_finite_nonnegative("target", one_hot)
     else:
         if target.ndim != 1:
             raise ValueError(
