@@ -1,0 +1,233 @@
+"""The inputs of ``timm-sage show``: small image batches and the model that gives their saliency.
+
+Images come from Fashion-MNIST idx files, a CIFAR python folder or an ImageFolder; only a few hundred
+are ever read (this is no training pipeline: that is ``timm_sage.train``). The model is a timm model,
+loaded from a checkpoint or warmed up for a few steps. Every draw comes from a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from timm_sage import _fmnist
+
+_CIFAR_STATS = {
+    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+DEFAULT_MODEL = "resnet10t"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+
+
+@dataclass
+class Batch:
+    """Normalised images (N, C, H, W) float32, labels (N,) int64, class names, per-channel mean/std (C,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def to_display(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation of (N, C, H, W) images: float32 in [0, 1]."""
+        view = (1, -1, 1, 1)
+        return (images.float() * self.std.view(view) + self.mean.view(view)).clamp(0.0, 1.0)
+
+
+def _batch(images: np.ndarray, labels: np.ndarray, names: Sequence[str], mean, std) -> Batch:
+    """From uint8 (N, C, H, W) images."""
+    mean_t = torch.tensor(mean, dtype=torch.float32)
+    std_t = torch.tensor(std, dtype=torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = (x - mean_t.view(1, -1, 1, 1)) / std_t.view(1, -1, 1, 1)
+    return Batch(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)), tuple(names), mean_t, std_t)
+
+
+def _choose(total: int, count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(total)[: min(count, total)]
+
+
+def _read_cifar(root: Path, split: str, count: int, seed: int) -> Batch:
+    hundred = (root / "meta").is_file()
+    files = {"train": "train", "test": "test"} if hundred else {"train": "data_batch_1", "test": "test_batch"}
+    name = files[split]
+    # The CIFAR "python version" is a pickle by design; only open folders you trust.
+    with open(root / name, "rb") as handle:
+        raw = pickle.load(handle, encoding="bytes")
+    with open(root / ("meta" if hundred else "batches.meta"), "rb") as handle:
+        meta = pickle.load(handle, encoding="bytes")
+    names = [n.decode() for n in meta[b"fine_label_names" if hundred else b"label_names"]]
+    labels = np.asarray(raw[b"fine_labels" if hundred else b"labels"])
+    index = _choose(len(labels), count, seed)
+    images = np.asarray(raw[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)[index]
+    mean, std = _CIFAR_STATS[100 if hundred else 10]
+    return _batch(images, labels[index], names, mean, std)
+
+
+def _read_image_folder(root: Path, split: str, count: int, seed: int, image_size: int) -> Batch:
+    from PIL import Image, ImageOps
+
+    for sub in {"train": ("train",), "test": ("val", "validation", "test")}[split]:
+        if (root / sub).is_dir() and (root / "train").is_dir():
+            root = root / sub
+            break
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    samples = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted((root / name).rglob("*"))
+        if path.suffix.lower() in _IMAGE_SUFFIXES
+    ]
+    if not samples:
+        raise ValueError(f"data {root} holds no class folders with images (ImageFolder: root/CLASS/*.png)")
+    index = _choose(len(samples), count, seed)
+    images = []
+    for i in index:
+        with Image.open(samples[i][0]) as image:
+            fitted = ImageOps.fit(image.convert("RGB"), (image_size, image_size))
+            images.append(np.asarray(fitted).transpose(2, 0, 1))
+    labels = np.array([samples[i][1] for i in index])
+    return _batch(np.stack(images), labels, classes, *_IMAGENET_STATS)
+
+
+def load_images(
+    data: str | Path | None, split: str, count: int, seed: int, image_size: int | None = None
+) -> Batch:
+    """``count`` images drawn with ``seed`` from one split (``"train"`` or ``"test"``) of ``data``.
+
+    ``data``: a Fashion-MNIST idx folder (default: the system copy), a CIFAR-10/100 python folder
+    (``data_batch_1``/``test_batch`` or ``train``/``test`` pickles) or an ImageFolder (``root/CLASS/*.png``,
+    optionally with ``train/`` and ``val/``), the last resized and centre-cropped to ``image_size``
+    (default 64). Fashion-MNIST and CIFAR keep their native size.
+    """
+    root = Path(data) if data is not None else _fmnist.DEFAULT_ROOT
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if _fmnist.is_fashion_mnist(root):
+        images, labels = _fmnist.load(root, split, limit=10000)
+        index = _choose(len(labels), count, seed)
+        stats = (_fmnist.MEAN,), (_fmnist.STD,)
+        return _batch(images[index][:, None], labels[index], _fmnist.CLASS_NAMES, *stats)
+    if (root / "batches.meta").is_file() or (root / "meta").is_file():
+        return _read_cifar(root, split, count, seed)
+    return _read_image_folder(root, split, count, seed, image_size or 64)
+
+
+def load_display_batch(
+    data: str | Path | None, pairs: int, batch_size: int, seed: int, image_size: int | None = None
+) -> Batch:
+    """A test-split batch of ``batch_size`` images whose image ``i`` and ``i + pairs`` (``i < pairs``)
+    have different classes where the data allows it; the rest fill the batch (BatchNorm statistics)."""
+    pool = load_images(data, "test", batch_size + 4 * pairs, seed, image_size)
+    labels = pool.labels.tolist()
+    free = list(range(len(labels)))
+    anchors = free[:pairs]
+    free = free[pairs:]
+    partners = []
+    for anchor in anchors:
+        pick = next((j for j in free if labels[j] != labels[anchor]), free[0] if free else None)
+        if pick is None:
+            raise ValueError(f"data holds too few images for pairs={pairs}")
+        partners.append(pick)
+        free.remove(pick)
+    order = torch.tensor(anchors + partners + free[: max(0, batch_size - 2 * pairs)])
+    return Batch(pool.images[order], pool.labels[order], pool.class_names, pool.mean, pool.std)
+
+
+# -- the model ---------------------------------------------------------------------------------------
+def build_model(
+    name: str | None, in_chans: int, num_classes: int, checkpoint: str | Path | None = None, seed: int = 0
+) -> nn.Module:
+    """A timm model for ``in_chans`` x ``num_classes`` inputs, loaded from ``checkpoint`` when given.
+
+    ``checkpoint``: a ``timm-sage train`` or timm checkpoint (a dict with ``state_dict``, ``model``,
+    ``state_dict_ema`` or ``model_state``; the architecture is read from ``arch``/``model_name``/``model``
+    or ``config["model"]``/``args.model`` when ``name`` is None), a bare state dict, or ``.safetensors``.
+    Initialisation draws from ``seed``. Raises ValueError for an unknown name or a mismatched checkpoint.
+    """
+    import timm
+
+    try:  # registers the project's CIFAR models in timm when that module exists
+        import timm_sage.models  # noqa: F401
+    except ModuleNotFoundError:
+        pass
+    state, stored_name = _load_state(Path(checkpoint)) if checkpoint is not None else (None, None)
+    name = name or stored_name or DEFAULT_MODEL
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
+        except RuntimeError as error:
+            raise ValueError(f"model {name!r} is not a timm model name: {error}") from error
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(
+                f"checkpoint {checkpoint} does not fit model {name!r} with in_chans={in_chans}, "
+                f"num_classes={num_classes} (pass --model NAME?): {str(error).splitlines()[0]}"
+            ) from error
+    return model
+
+
+def _numpy_safe_globals() -> list:
+    """What a checkpoint holding numpy arrays (e.g. ``np.random.get_state()``) needs with weights_only."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    kinds = (np.uint8, np.uint32, np.int32, np.int64, np.float32, np.float64, np.bool_)
+    return [_reconstruct, np.ndarray, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
+
+
+def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    from timm.models import clean_state_dict
+
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return clean_state_dict(load_file(str(path))), None
+    with torch.serialization.safe_globals([argparse.Namespace, *_numpy_safe_globals()]):
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(raw, dict):
+        raise ValueError(f"checkpoint {path} must hold a dict, got {type(raw).__name__}")
+    names = [raw.get(key) for key in ("arch", "model_name", "model")]
+    for key in ("config", "args"):
+        nested = vars(raw[key]) if isinstance(raw.get(key), argparse.Namespace) else raw.get(key)
+        names.append(nested.get("model") if isinstance(nested, dict) else None)
+    name = next((n for n in names if isinstance(n, str)), None)
+    for key in ("state_dict", "model", "state_dict_ema", "model_state"):
+        if isinstance(raw.get(key), dict):
+            return clean_state_dict(raw[key]), name
+    if raw and all(isinstance(value, torch.Tensor) for value in raw.values()):
+        return clean_state_dict(raw), name
+    raise ValueError(f"checkpoint {path} holds no state dict (keys: {sorted(raw)[:8]})")
+
+
+def warm_up(model: nn.Module, batch: Batch, steps: int, seed: int) -> None:
+    """``steps`` SGD steps (batch 64, lr 0.05, momentum 0.9) on ``batch`` so the saliency means something."""
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in tqdm(range(steps), desc="warm-up", disable=None, leave=False):
+        size = batch.images.shape[0]
+        index = torch.randint(0, size, (min(64, size),), generator=generator)
+        loss = nn.functional.cross_entropy(model(batch.images[index]), batch.labels[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

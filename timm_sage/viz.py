@@ -1,0 +1,434 @@
+"""``timm-sage show``: PNG figures of what SAGE makes from real images.
+
+Two figures, written to ``OUTDIR``:
+
+- ``comparison.png`` (the paper's Figure 1): per pair, the two inputs, then Mixup, CutMix and SAGE, each
+  titled with its soft label;
+- ``anatomy.png`` (the paper's Figures 3 and 4): one SAGE mix taken apart: both images, both saliency
+  maps, the mask ``M``, the score ``v(tau)`` over every candidate translation with the chosen one marked,
+  the result and plain mixup for contrast.
+
+The figure data (:func:`comparison_data`, :func:`anatomy_data`) is computed apart from the plotting, so it
+can be checked without looking at pixels. matplotlib is imported inside the plotting functions only (the
+``[viz]`` extra); importing this module does not import it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timm_sage import _checks, functional
+from timm_sage._viz_data import DEFAULT_MODEL, Batch, build_model, load_display_batch, load_images, warm_up
+
+__all__ = [
+    "ANATOMY_SIZE_PX",
+    "AnatomyData",
+    "ComparisonData",
+    "add_arguments",
+    "all_translations",
+    "anatomy_data",
+    "build_model",
+    "comparison_data",
+    "grid_size_px",
+    "pair_permutation",
+    "plot_anatomy",
+    "plot_comparison",
+    "run",
+    "show",
+]
+
+DPI = 80
+_CELL_INCHES = (2.0, 2.25)  # one panel of the comparison grid: 160 x 180 pixels
+_ANATOMY_INCHES = (10.0, 5.5)  # 800 x 440 pixels
+ANATOMY_SIZE_PX = (int(_ANATOMY_INCHES[0] * DPI), int(_ANATOMY_INCHES[1] * DPI))
+COLUMNS = ("A", "B", "Mixup", "CutMix", "SAGE")
+BATCH_SIZE = 32  # display batch; the filler images only steady BatchNorm's batch statistics
+
+
+def grid_size_px(pairs: int) -> tuple[int, int]:
+    """(width, height) in pixels of ``comparison.png`` for ``pairs`` rows."""
+    return int(len(COLUMNS) * _CELL_INCHES[0] * DPI), int(pairs * _CELL_INCHES[1] * DPI)
+
+
+def all_translations(height: int, width: int) -> torch.Tensor:
+    """Every candidate ``(dy, dx)`` with some overlap, ((2H-1)(2W-1), 2) long, in raster order.
+
+    Row ``i * (2W-1) + j`` is ``(i - (H-1), j - (W-1))``: the set ``sample_translations(H, W, 1.0)``
+    draws, ordered so the flattened score grid and the candidate list agree (ties resolve alike).
+    """
+    return torch.cartesian_prod(torch.arange(-(height - 1), height), torch.arange(-(width - 1), width))
+
+
+# -- the figure data ---------------------------------------------------------------------------------
+@dataclass
+class ComparisonData:
+    """Rows of the comparison grid: images (P, C, H, W) float32 in display range [0, 1], soft labels
+    (P, num_classes) float32, and SAGE's chosen ``translation`` (P, 2) long."""
+
+    images: dict[str, torch.Tensor]  # keyed by COLUMNS
+    labels: dict[str, torch.Tensor]
+    translation: torch.Tensor
+    class_names: tuple[str, ...]
+
+
+@dataclass
+class AnatomyData:
+    """One SAGE mix taken apart. Images (C, H, W) float32 in [0, 1], maps (H, W) float32; ``scores`` is
+    the (2H-1, 2W-1) grid of ``v(tau)`` with entry ``[dy + H-1, dx + W-1]``; ``marked`` is its argmax as
+    ``(dy, dx)``; ``chosen`` is the ``(dy, dx)`` that ``sage_mix`` applied with every translation a
+    candidate; ``sage_label`` (num_classes,) float32."""
+
+    image_a: torch.Tensor
+    image_b: torch.Tensor
+    saliency_a: torch.Tensor
+    saliency_b: torch.Tensor
+    mask: torch.Tensor
+    scores: torch.Tensor
+    marked: tuple[int, int]
+    chosen: tuple[int, int]
+    prior: float
+    lam: float
+    sage: torch.Tensor
+    mixup: torch.Tensor
+    sage_label: torch.Tensor
+    class_names: tuple[str, ...]
+    label_a: int
+    label_b: int
+
+
+def pair_permutation(batch: int, pairs: int) -> torch.Tensor:
+    """(batch,) long permutation swapping image ``i`` with ``i + pairs`` for ``i < pairs``."""
+    perm = torch.arange(batch)
+    perm[:pairs] = torch.arange(pairs, 2 * pairs)
+    perm[pairs : 2 * pairs] = torch.arange(pairs)
+    return perm
+
+
+def _pair_draws(seed: int, pairs: int, upper_lambda: float) -> dict[str, np.ndarray]:
+    """Per-pair random draws, identical for :func:`comparison_data` and :func:`anatomy_data`."""
+    rng = np.random.default_rng(seed)
+    return {
+        "mixup": rng.beta(1.0, 1.0, pairs),
+        "cutmix": rng.beta(1.0, 1.0, pairs),
+        "box": rng.random((pairs, 2)),
+        "prior": rng.beta(1.0, 1.0, pairs) * upper_lambda,
+    }
+
+
+def _check_pairs(batch: Batch, saliency: torch.Tensor, pairs: int) -> None:
+    _checks.check_positive_int("pairs", pairs)
+    size = batch.images.shape[0]
+    if 2 * pairs > size:
+        raise ValueError(f"pairs={pairs} needs a batch of at least {2 * pairs} images, got {size}")
+    if saliency.shape != (size, *batch.images.shape[-2:]):
+        raise ValueError(
+            f"saliency must have shape (B, H, W) = {(size, *batch.images.shape[-2:])}, "
+            f"got {tuple(saliency.shape)}"
+        )
+
+
+def comparison_data(
+    batch: Batch,
+    saliency: torch.Tensor,
+    pairs: int,
+    *,
+    seed: int = 0,
+    upper_lambda: float = 0.6,
+    rand_pos: float = 0.01,
+) -> ComparisonData:
+    """Mixup, CutMix and SAGE of images ``i`` and ``i + pairs`` of ``batch``, for ``i < pairs``.
+
+    ``saliency`` (B, H, W) float32. Draws from ``seed``, one per pair: Mixup ``lam ~ Beta(1, 1)``; a CutMix
+    box of area ``1 - lam`` (``lam ~ Beta(1, 1)``, corrected to the clipped area); a SAGE prior
+    ``Beta(1, 1) * upper_lambda``; SAGE candidates ``sample_translations(H, W, rand_pos)`` shared by the
+    batch, as in training.
+    """
+    _check_pairs(batch, saliency, pairs)
+    x, y = batch.images, batch.labels
+    size, _, height, width = x.shape
+    draws = _pair_draws(seed, pairs, upper_lambda)
+    perm = pair_permutation(size, pairs)
+    a, b = x[:pairs], x[pairs : 2 * pairs]
+
+    def target(lam_pairs) -> torch.Tensor:
+        lam = torch.ones(size)
+        lam[:pairs] = torch.as_tensor(lam_pairs, dtype=torch.float32)
+        return functional.sage_target(y, perm=perm, lam=lam, num_classes=len(batch.class_names))[:pairs]
+
+    mix_lam = torch.from_numpy(draws["mixup"]).float().view(-1, 1, 1, 1)
+    cutmix, cut_lam = a.clone(), torch.ones(pairs)
+    for i in range(pairs):
+        ratio = float(np.sqrt(1.0 - draws["cutmix"][i]))
+        cut_h, cut_w = int(height * ratio), int(width * ratio)
+        top, left = (draws["box"][i] * (height - cut_h + 1, width - cut_w + 1)).astype(int)
+        cutmix[i, :, top : top + cut_h, left : left + cut_w] = b[i, :, top : top + cut_h, left : left + cut_w]
+        cut_lam[i] = 1.0 - cut_h * cut_w / (height * width)
+    prior = torch.full((size,), 0.5)
+    prior[:pairs] = torch.from_numpy(draws["prior"]).float()
+    generator = torch.Generator().manual_seed(seed)
+    candidates = functional.sample_translations(height, width, rand_pos, generator=generator)
+    out = functional.sage_mix(x, saliency, perm=perm, prior=prior, translations=candidates)
+    mixup = mix_lam * a + (1 - mix_lam) * b
+    images = {"A": a, "B": b, "Mixup": mixup, "CutMix": cutmix, "SAGE": out.images[:pairs]}
+    lams = {"A": 1.0, "B": 0.0, "Mixup": mix_lam.flatten(), "CutMix": cut_lam, "SAGE": out.lam[:pairs]}
+    return ComparisonData(
+        images={key: batch.to_display(value) for key, value in images.items()},
+        labels={key: target(value) for key, value in lams.items()},
+        translation=out.translation[:pairs],
+        class_names=batch.class_names,
+    )
+
+
+def anatomy_data(
+    batch: Batch, saliency: torch.Tensor, *, pairs: int = 1, seed: int = 0, upper_lambda: float = 0.6
+) -> AnatomyData:
+    """The first pair of ``batch`` (images 0 and ``pairs``) mixed by SAGE with every translation a candidate.
+
+    Its prior is the first pair's SAGE prior in :func:`comparison_data` with the same ``seed``; ``scores``
+    come from :func:`~timm_sage.functional.translation_scores` over :func:`all_translations`.
+    """
+    _check_pairs(batch, saliency, pairs)
+    x = batch.images
+    size, _, height, width = x.shape
+    prior_value = float(_pair_draws(seed, pairs, upper_lambda)["prior"][0])
+    perm = pair_permutation(size, pairs)
+    prior = torch.full((size,), 0.5)
+    prior[0] = prior_value
+    candidates = all_translations(height, width)
+    out = functional.sage_mix(x, saliency, perm=perm, prior=prior, translations=candidates)
+    scores = functional.translation_scores(saliency, perm=perm, prior=prior, translations=candidates)[0]
+    flat = int(torch.argmax(scores))
+    span = 2 * width - 1
+    marked = (flat // span - (height - 1), flat % span - (width - 1))
+    mask = functional.mixing_mask(saliency, perm=perm, prior=prior, translation=out.translation)[0]
+    lam = float(out.lam[0])
+    soft = functional.sage_target(batch.labels, perm=perm, lam=out.lam, num_classes=len(batch.class_names))
+    return AnatomyData(
+        image_a=batch.to_display(x[:1])[0],
+        image_b=batch.to_display(x[pairs : pairs + 1])[0],
+        saliency_a=saliency[0].float(),
+        saliency_b=saliency[pairs].float(),
+        mask=mask,
+        scores=scores.view(2 * height - 1, span),
+        marked=marked,
+        chosen=(int(out.translation[0, 0]), int(out.translation[0, 1])),
+        prior=prior_value,
+        lam=lam,
+        sage=batch.to_display(out.images[:1])[0],
+        mixup=batch.to_display((lam * x[0] + (1.0 - lam) * x[pairs])[None])[0],
+        sage_label=soft[0],
+        class_names=batch.class_names,
+        label_a=int(batch.labels[0]),
+        label_b=int(batch.labels[pairs]),
+    )
+
+
+# -- plotting (matplotlib only here) -----------------------------------------------------------------
+def _label_text(soft: torch.Tensor, names: tuple[str, ...]) -> str:
+    order = torch.argsort(soft, descending=True)[:2]
+    return "\n".join(f"{float(soft[i]):.2f} {names[int(i)][:14]}" for i in order if float(soft[i]) >= 0.005)
+
+
+def _imshow(ax, image: torch.Tensor) -> None:
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: Path) -> Path:
+    """Write the figure atomically (temporary file in the same folder, then ``os.replace``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        fig.savefig(temporary, dpi=DPI, format="png")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def plot_comparison(data: ComparisonData, path: str | Path) -> Path:
+    """Draw the comparison grid (``grid_size_px(P)`` pixels) to ``path``; returns the path."""
+    from matplotlib.figure import Figure
+
+    pairs = data.images["A"].shape[0]
+    size = (len(COLUMNS) * _CELL_INCHES[0], pairs * _CELL_INCHES[1])
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = fig.subplots(pairs, len(COLUMNS), squeeze=False)
+    for row in range(pairs):
+        for col, key in enumerate(COLUMNS):
+            ax = axes[row, col]
+            _imshow(ax, data.images[key][row])
+            ax.set_title(f"{key}\n{_label_text(data.labels[key][row], data.class_names)}", fontsize=8)
+    return _save(fig, Path(path))
+
+
+def plot_anatomy(data: AnatomyData, path: str | Path) -> Path:
+    """Draw the anatomy of one SAGE mix (``ANATOMY_SIZE_PX`` pixels) to ``path``; returns the path."""
+    from matplotlib.figure import Figure
+
+    names = data.class_names
+    fig = Figure(figsize=_ANATOMY_INCHES, dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, 4)
+    _imshow(axes[0, 0], data.image_a)
+    axes[0, 0].set_title(f"A: {names[data.label_a]}", fontsize=9)
+    _imshow(axes[0, 1], data.image_b)
+    axes[0, 1].set_title(f"B: {names[data.label_b]}", fontsize=9)
+    for ax, saliency, tag in ((axes[0, 2], data.saliency_a, "A"), (axes[0, 3], data.saliency_b, "B")):
+        ax.imshow(saliency.numpy(), cmap="inferno", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"saliency of {tag}", fontsize=9)
+    image = axes[1, 0].imshow(data.mask.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    axes[1, 0].set_xticks([])
+    axes[1, 0].set_yticks([])
+    axes[1, 0].set_title(f"mask M (prior {data.prior:.2f})", fontsize=9)
+    fig.colorbar(image, ax=axes[1, 0], location="bottom", shrink=0.8, aspect=30)
+    rows, cols = data.scores.shape
+    half_h, half_w = (rows - 1) // 2, (cols - 1) // 2
+    extent = (-half_w - 0.5, half_w + 0.5, half_h + 0.5, -half_h - 0.5)
+    ax = axes[1, 1]
+    image = ax.imshow(data.scores.numpy(), cmap="magma", extent=extent, interpolation="nearest")
+    fig.colorbar(image, ax=ax, location="bottom", shrink=0.8, aspect=30, format="%.2f")
+    ax.plot([0], [0], marker="+", color="white", markersize=7)
+    ax.plot(
+        [data.marked[1]],
+        [data.marked[0]],
+        marker="o",
+        markersize=9,
+        markerfacecolor="none",
+        markeredgecolor="cyan",
+        markeredgewidth=2,
+    )
+    ax.set_title(f"v(tau), best (dy, dx) = {data.marked}", fontsize=9)
+    ax.set_xlabel("dx", fontsize=8)
+    ax.set_ylabel("dy", fontsize=8)
+    ax.tick_params(labelsize=7)
+    _imshow(axes[1, 2], data.sage)
+    axes[1, 2].set_title(f"SAGE\n{_label_text(data.sage_label, names)}", fontsize=8)
+    _imshow(axes[1, 3], data.mixup)
+    axes[1, 3].set_title(f"Mixup, same lam\n{_label_text(data.sage_label, names)}", fontsize=8)
+    return _save(fig, Path(path))
+
+
+# -- the command -------------------------------------------------------------------------------------
+def show(
+    outdir: str | Path,
+    *,
+    data: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+    pairs: int = 4,
+    seed: int = 0,
+    upper_lambda: float = 0.6,
+    rand_pos: float = 0.01,
+    warmup_steps: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Path]:
+    """Write ``comparison.png`` and ``anatomy.png`` to ``outdir``.
+
+    Saliency comes from ``checkpoint`` (see :func:`build_model`) or from a fresh model trained for
+    ``warmup_steps`` steps (default 50 without a checkpoint, 0 with one) on 1024 training images.
+    Returns ``{"comparison": path, "anatomy": path}``.
+    """
+    _checks.check_positive_int("pairs", pairs)
+    if pairs > 16:
+        raise ValueError(f"pairs must be <= 16, got {pairs}")
+    _checks.check_positive_int("seed", seed, minimum=0)
+    _checks.check_fraction("upper_lambda", upper_lambda)
+    _checks.check_fraction("rand_pos", rand_pos, open_low=True)
+    warmup_steps = (0 if checkpoint is not None else 50) if warmup_steps is None else warmup_steps
+    _checks.check_positive_int("warmup_steps", warmup_steps, minimum=0)
+    if image_size is not None:
+        _checks.check_positive_int("image_size", image_size, minimum=8)
+    batch = load_display_batch(data, pairs, max(BATCH_SIZE, 2 * pairs), seed, image_size)
+    # These tensors are tiny: one thread is as fast as several on an idle machine, is not slowed tenfold
+    # by spinning OpenMP threads on a busy one, and gives the same figures on every machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = build_model(model, batch.images.shape[1], len(batch.class_names), checkpoint, seed)
+        if warmup_steps:
+            warm_up(net, load_images(data, "train", 1024, seed + 1, image_size), warmup_steps, seed)
+        net.train()  # SAGE's saliency pass runs in train mode (SAGE.md section 1)
+        saliency = functional.saliency_map(net, batch.images, batch.labels)
+        comparison = comparison_data(
+            batch, saliency, pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos
+        )
+        anatomy = anatomy_data(batch, saliency, pairs=pairs, seed=seed, upper_lambda=upper_lambda)
+    finally:
+        torch.set_num_threads(threads)
+    outdir = Path(outdir)
+    return {
+        "comparison": plot_comparison(comparison, outdir / "comparison.png"),
+        "anatomy": plot_anatomy(anatomy, outdir / "anatomy.png"),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``timm-sage show`` options."""
+    parser.add_argument("-o", "--output", default="output/show", metavar="OUTDIR", help="output folder")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="Fashion-MNIST idx folder (default: the system copy), CIFAR python folder or ImageFolder",
+    )
+    parser.add_argument("--checkpoint", default=None, help="model checkpoint or state dict for the saliency")
+    parser.add_argument(
+        "--model", default=None, help=f"timm model name (default: the checkpoint's, else {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--pairs", type=int, default=4, help="rows of the comparison grid")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--upper-lambda", type=float, default=0.6, help="SAGE prior is Beta(1,1) * this")
+    parser.add_argument(
+        "--rand-pos",
+        type=float,
+        default=0.01,
+        help="fraction of all translations searched in the comparison grid",
+    )
+    parser.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=None,
+        help="SGD steps on a fresh model before saliency (default 50; 0 with --checkpoint)",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="side of ImageFolder images after resize and centre crop (default 64)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``timm-sage show``; prints the two PNG paths."""
+    paths = show(
+        args.output,
+        data=args.data,
+        checkpoint=args.checkpoint,
+        model=args.model,
+        pairs=args.pairs,
+        seed=args.seed,
+        upper_lambda=args.upper_lambda,
+        rand_pos=args.rand_pos,
+        warmup_steps=args.warmup_steps,
+        image_size=args.image_size,
+    )
+    for path in paths.values():
+        print(path)
+    return 0
