@@ -25,7 +25,7 @@ data:
 	fi
 
 run: install data
-	$(VENV)/bin/timm-sage bench mix
+	$(VENV)/bin/timm-sage train --config train_configs/fashion_mnist_sage.yaml
 
 test: install data
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest

@@ -1,5 +1,6 @@
 """timm_sage: SAGE saliency-guided mixup for timm, torchvision and albumentations."""
 
+from timm_sage import models  # noqa: F401  (registers the CIFAR networks in timm)
 from timm_sage.functional import (
     SageMixOutput,
     sage_mix,

@@ -1,0 +1,79 @@
+"""CIFAR PreActResNet18 (He et al. 2016, identity mappings): 3x3 stem, no max-pool, 4 stages."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm_sage.models._common import CifarClassifier, check_arch, init_weights, scaled
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3; the projection shortcut takes the pre-activated input."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+            if stride != 1 or in_planes != planes
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(CifarClassifier):
+    """Pre-activation ResNet for small images.
+
+    Args:
+        layers: blocks per stage (PreActResNet18: (2, 2, 2, 2)).
+        num_classes: classifier outputs (0: no classifier, features only).
+        in_chans: input channels (1 for Fashion-MNIST).
+        width: multiplier of the stage widths (64, 128, 256, 512).
+        base_width: stage-1 width before ``width`` (64 in the paper).
+        drop_rate: dropout before the classifier.
+
+    Input (B, in_chans, H, W) float, any H, W >= 8; output (B, num_classes) logits.
+    """
+
+    def __init__(
+        self,
+        layers: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = 10,
+        in_chans: int = 3,
+        width: float = 1.0,
+        base_width: int = 64,
+        drop_rate: float = 0.0,
+        **_: object,
+    ) -> None:
+        super().__init__()
+        check_arch(num_classes, in_chans, width, drop_rate)
+        planes = [scaled(base_width * 2**i, width) for i in range(len(layers))]
+        self.stem = nn.Conv2d(in_chans, planes[0], 3, 1, 1, bias=False)
+        stages: list[nn.Module] = []
+        in_planes = planes[0]
+        for index, (count, out_planes) in enumerate(zip(layers, planes, strict=True)):
+            blocks = []
+            for block_index in range(count):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(PreActBlock(in_planes, out_planes, stride))
+                in_planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(in_planes)
+        self._init_head(in_planes, num_classes, drop_rate)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H/8, W/8) after the final BN-ReLU."""
+        return F.relu(self.norm(self.stages(self.stem(x))))

@@ -1,0 +1,380 @@
+"""A training run of ``timm-sage train``: builds everything from a config, trains, checkpoints, resumes.
+
+Built from timm's own pieces: ``create_model``, ``create_optimizer_v2`` (``optimizer_kwargs``),
+``create_scheduler_v2`` (``scheduler_kwargs``), ``SoftTargetCrossEntropy``, ``ModelEmaV3``; mixing is
+:class:`timm_sage.SageMixup` (timm's code for the non-SAGE modes).
+
+Determinism: ``seed`` seeds python, numpy and torch before the model is built; the loader reseeds its
+shuffle and augmentation from ``(seed, epoch)``; the mixer has its own generator (``sage_seed`` or
+``seed``). A checkpoint at each epoch end holds every state (model, optimizer, scheduler, EMA, AMP
+scaler, mixer generator, python/numpy/torch RNG), so a run killed anywhere and resumed from its last
+checkpoint ends with the same weights as one never interrupted (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from timm_sage.train import outputs
+from timm_sage.train.config import TrainConfig
+from timm_sage.train.data import BatchLoader, load_datasets
+from timm_sage.train.loop import SageOptions, evaluate, hard_labels, train_step
+
+__all__ = ["STOP_ENV", "StopForTest", "Trainer"]
+
+STOP_ENV = "TIMM_SAGE_STOP_AFTER_STEPS"  # test hook: raise StopForTest after this many optimizer steps
+
+
+class StopForTest(RuntimeError):
+    """Raised by the test hook to simulate a run killed in the middle of an epoch."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Everything of one run, built from a resolved :class:`TrainConfig`.
+
+    Args:
+        cfg: from :func:`timm_sage.train.config.load_config`.
+        progress: show tqdm bars and per-epoch lines.
+    """
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True) -> None:
+        from timm import create_model
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        from timm.optim import create_optimizer_v2, optimizer_kwargs
+        from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+
+        import timm_sage.models  # noqa: F401  (registers the CIFAR networks)
+        from timm_sage.mixup import SageMixup
+
+        self.cfg = cfg
+        self.progress = progress
+        self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        seed_everything(cfg.seed)
+        self.train_data, self.test_data, info = load_datasets(cfg)
+        cfg.input_size, cfg.mean, cfg.std = info["input_size"], info["mean"], info["std"]
+        if cfg.data_dir is None and info["name"] == "fashion_mnist":
+            from timm_sage.train.data import FASHION_MNIST_DIR
+
+            cfg.data_dir = str(FASHION_MNIST_DIR)
+        labels_needed = int(max(self.train_data.labels.max(), self.test_data.labels.max())) + 1
+        if cfg.num_classes is None:
+            cfg.num_classes = max(labels_needed, len(self.train_data.classes))
+        elif cfg.num_classes < labels_needed:
+            raise ValueError(
+                f"num_classes={cfg.num_classes} but the dataset has labels up to {labels_needed - 1}"
+            )
+        self.model: nn.Module = create_model(
+            cfg.model,
+            pretrained=cfg.pretrained,
+            in_chans=cfg.input_size[0],
+            num_classes=cfg.num_classes,
+            drop_rate=cfg.drop,
+            drop_path_rate=cfg.drop_path,
+            drop_block_rate=cfg.drop_block,
+            global_pool=cfg.gp,
+            bn_momentum=cfg.bn_momentum,
+            bn_eps=cfg.bn_eps,
+            checkpoint_path=cfg.initial_checkpoint or None,
+            **cfg.model_kwargs,
+        )
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.param_count = sum(p.numel() for p in self.model.parameters())
+        if cfg.lr is None:  # train.py's rule: lr = lr_base * global batch / lr_base_size
+            ratio = cfg.batch_size / cfg.lr_base_size
+            adaptive = any(name in cfg.opt.lower() for name in ("ada", "lamb"))
+            scale = cfg.lr_base_scale or ("sqrt" if adaptive else "linear")
+            cfg.lr = cfg.lr_base * (ratio**0.5 if scale == "sqrt" else ratio)
+        self.optimizer = create_optimizer_v2(self.model, **optimizer_kwargs(cfg=cfg), **cfg.opt_kwargs)
+        amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        self.autocast = (
+            functools.partial(torch.autocast, device_type=self.device.type, dtype=amp_dtype)
+            if cfg.amp
+            else contextlib.nullcontext
+        )
+        fp16_cuda = cfg.amp and self.device.type == "cuda" and amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda") if fp16_cuda else None
+        self.train_loader = BatchLoader(
+            self.train_data, cfg.batch_size, cfg.mean, cfg.std, train=True, seed=cfg.seed,
+            hflip=cfg.hflip, augment=not cfg.no_aug, device=self.device,
+        )  # fmt: skip
+        self.test_loader = BatchLoader(
+            self.test_data, cfg.validation_batch_size or max(cfg.batch_size, 256), cfg.mean, cfg.std,
+            train=False, device=self.device,
+        )  # fmt: skip
+        self.scheduler, self.num_epochs = create_scheduler_v2(
+            self.optimizer, **scheduler_kwargs(cfg), updates_per_epoch=len(self.train_loader)
+        )
+        self.mixer = None
+        if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
+            self.mixer = SageMixup(
+                mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
+                prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
+                label_smoothing=cfg.smoothing, num_classes=cfg.num_classes,
+                upper_lambda=cfg.sage_upper_lambda, rand_pos=cfg.sage_rand_pos,
+                update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
+                saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
+                blur_sigma=cfg.sage_blur_sigma, search_size=cfg.sage_search_size,
+                seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
+            )  # fmt: skip
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif cfg.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+        self.sage = SageOptions(
+            update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
+            saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
+            blur_sigma=cfg.sage_blur_sigma,
+        )  # fmt: skip
+        self.ema = None
+        if cfg.model_ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+        self.output_dir = self._output_dir()
+        self.rows: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.num_updates = 0
+        self.elapsed_before = 0.0
+        if cfg.resume:
+            self._restore(outputs.load_checkpoint(cfg.resume))
+
+    # ------------------------------------------------------------------------------------ set-up
+    def _output_dir(self) -> Path:
+        cfg = self.cfg
+        if cfg.resume and not cfg.experiment:  # continue in the checkpoint's folder
+            return Path(cfg.resume).resolve().parent
+        name = cfg.experiment or "-".join(
+            [datetime.now().strftime("%Y%m%d-%H%M%S"), cfg.model.replace("/", "_"), str(cfg.input_size[-1])]
+        )
+        return Path(cfg.output or os.path.join("output", "train")) / name
+
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,  # epochs completed = the next epoch to run
+            "arch": self.cfg.model,
+            "args": dict(self.cfg),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "mixer_generator": self.mixer.generator.get_state() if self.mixer is not None else None,
+            "mixer_skipped": self.mixer.skipped_batches if self.mixer is not None else 0,
+            "rng": _rng_state(),
+            "loader": {"epoch": epoch, "position": 0, "seed": self.cfg.seed},
+            "num_updates": self.num_updates,
+            "metrics": list(self.rows),
+            "elapsed": self.elapsed_before + (time.perf_counter() - self._started),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.mixer is not None and state.get("mixer_generator") is not None:
+            self.mixer.generator.set_state(state["mixer_generator"])
+            self.mixer.skipped_batches = int(state.get("mixer_skipped", 0))
+        _set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.num_updates = int(state.get("num_updates", 0))
+        self.rows = list(state.get("metrics", []))
+        self.elapsed_before = float(state.get("elapsed", 0.0))
+        if self.scheduler is not None and self.start_epoch > 0:
+            self.scheduler.step(self.start_epoch)
+
+    # ---------------------------------------------------------------------------------- training
+    def fit(self, *, stop_after_steps: int | None = None) -> dict[str, Any]:
+        """Train from ``start_epoch`` to the end; returns the summary (also in ``summary.json``)."""
+        if stop_after_steps is None and os.environ.get(STOP_ENV):
+            stop_after_steps = int(os.environ[STOP_ENV])
+        self._started = time.perf_counter()
+        folder = self.output_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        outputs.write_args(folder, self.cfg)
+        steps_this_run = 0
+        for epoch in range(self.start_epoch, self.num_epochs):
+            if self.mixer is not None:
+                off = self.cfg.mixup_off_epoch
+                self.mixer.mixup_enabled = not (off and epoch >= off)
+            skipped_before = self.mixer.skipped_batches if self.mixer is not None else 0
+            epoch_start = time.perf_counter()
+            train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)
+            epoch_time = time.perf_counter() - epoch_start
+            test = evaluate(self.model, self.test_loader.batches(), autocast=self.autocast,
+                            channels_last=self.cfg.channels_last)  # fmt: skip
+            row = {
+                "epoch": epoch + 1,
+                **train_stats,
+                "test_loss": round(test["test_loss"], 6),
+                "test_top1": round(test["test_top1"], 4),
+                "test_top5": round(test["test_top5"], 4),
+                "ema_test_top1": None,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "epoch_time": round(epoch_time, 3),
+                "eval_time": round(test["eval_time"], 3),
+                "skipped_sage_batches": train_stats.pop("_skipped") - skipped_before,
+            }
+            if self.ema is not None:
+                ema_test = evaluate(self.ema.module, self.test_loader.batches(), autocast=self.autocast,
+                                    channels_last=self.cfg.channels_last)  # fmt: skip
+                row["ema_test_top1"] = round(ema_test["test_top1"], 4)
+            if self.scheduler is not None:
+                self.scheduler.step(epoch + 1, row["test_top1"])
+            self.rows.append(row)
+            self._after_epoch(epoch + 1)
+        return self._finish()
+
+    def _train_epoch(self, epoch: int, steps: int, stop_after: int | None) -> tuple[dict[str, Any], int]:
+        cfg = self.cfg
+        self.model.train()
+        loss_sum, correct, seen, count = 0.0, 0, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(
+            total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.num_epochs}", unit="batch",
+            disable=not self.progress, mininterval=1.0, dynamic_ncols=True,
+        )  # fmt: skip
+        with bar:
+            for index, (x, y) in enumerate(self.train_loader.batches(epoch)):
+                self.optimizer.zero_grad(set_to_none=True)
+                result = train_step(
+                    self.model, x, y, criterion=self.criterion, mixer=self.mixer, sage=self.sage,
+                    autocast=self.autocast, scaler=self.scaler, channels_last=cfg.channels_last,
+                )  # fmt: skip
+                if result.skipped:
+                    if self.mixer is not None:
+                        self.mixer.skipped_batches += 1
+                    bar.update(1)
+                    continue
+                self._optimizer_step()
+                if epoch == 0 and index == 0 and self.mixer is not None:
+                    self._write_grid(result)
+                loss_sum += result.loss
+                count += 1
+                correct += int((result.logits.argmax(1) == hard_labels(result.target)).sum())
+                seen += y.shape[0]
+                steps += 1
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / seen:.1f}",
+                    img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,
+                )  # fmt: skip
+                if stop_after is not None and steps >= stop_after:
+                    raise StopForTest(f"stopped after {steps} steps ({STOP_ENV})")
+        elapsed = time.perf_counter() - start
+        stats = {
+            "train_loss": round(loss_sum / max(count, 1), 6),
+            "train_top1": round(100 * correct / max(seen, 1), 4),
+            "img_per_s": round(seen / max(elapsed, 1e-9), 1),
+            "_skipped": self.mixer.skipped_batches if self.mixer is not None else 0,
+        }
+        return stats, steps
+
+    def _optimizer_step(self) -> None:
+        from timm.utils import dispatch_clip_grad
+
+        cfg = self.cfg
+        if self.scaler is not None:
+            if cfg.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                dispatch_clip_grad(self.model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if cfg.clip_grad is not None:
+                dispatch_clip_grad(self.model.parameters(), cfg.clip_grad, mode=cfg.clip_mode)
+            self.optimizer.step()
+        self.num_updates += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.num_updates)
+        if self.scheduler is not None:
+            self.scheduler.step_update(num_updates=self.num_updates)
+
+    # ----------------------------------------------------------------------------------- outputs
+    def _write_grid(self, result) -> None:
+        target = result.target
+        if target.ndim == 1:
+            target = torch.nn.functional.one_hot(target, self.cfg.num_classes).float()
+        outputs.write_mixed_grid(
+            self.output_dir / "mixed_batch.png", result.inputs, target, self.cfg.mean, self.cfg.std,
+            self.train_data.classes, f"first batch, {self.cfg.mixup_mode} ({result.method})",
+        )  # fmt: skip
+
+    def _after_epoch(self, epochs_done: int) -> None:
+        folder = self.output_dir
+        outputs.write_metrics(folder, self.rows)
+        row = self.rows[-1]
+        if self.progress:
+            ema = f" ema_top1 {row['ema_test_top1']:.2f}" if row["ema_test_top1"] is not None else ""
+            tqdm.write(
+                f"epoch {row['epoch']}/{self.num_epochs}: train_loss {row['train_loss']:.4f} "
+                f"test_loss {row['test_loss']:.4f} test_top1 {row['test_top1']:.2f} "
+                f"top5 {row['test_top5']:.2f}{ema} lr {row['lr']:.4g} ({row['epoch_time']:.1f}s + "
+                f"eval {row['eval_time']:.1f}s, {row['img_per_s']:.0f} img/s)"
+            )
+        title = f"{self.cfg.model} on {self.cfg.dataset or 'folder'}"
+        outputs.write_curves(folder / "curves.png", self.rows, title)
+        outputs.save_checkpoint(folder / "last.pth.tar", self._state(epochs_done))
+
+    def _finish(self) -> dict[str, Any]:
+        rows = self.rows
+        best = max(rows, key=lambda r: r["test_top1"]) if rows else None
+        summary = {
+            "final_top1": rows[-1]["test_top1"] if rows else None,
+            "final_top5": rows[-1]["test_top5"] if rows else None,
+            "best_top1": best["test_top1"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "final_ema_top1": rows[-1]["ema_test_top1"] if rows else None,
+            "epochs": len(rows),
+            "wall_time_s": round(self.elapsed_before + (time.perf_counter() - self._started), 2),
+            "model": self.cfg.model,
+            "param_count": self.param_count,
+            "dataset": self.cfg.dataset,
+            "train_images": len(self.train_data),
+            "test_images": len(self.test_data),
+            "mixup_mode": self.cfg.mixup_mode if self.mixer is not None else "off",
+            "skipped_sage_batches": sum(r.get("skipped_sage_batches", 0) for r in rows),
+            "output_dir": str(self.output_dir),
+        }
+        outputs.write_summary(self.output_dir, summary)
+        return summary
