@@ -15,7 +15,8 @@ import torch
 from sage_oracle import oracle_sage
 
 from timm_sage import cli, functional, viz
-from timm_sage._fmnist import DEFAULT_ROOT, read_idx
+from timm_sage._idx import FASHION_MNIST_ROOT as DEFAULT_ROOT
+from timm_sage._idx import read_idx
 from timm_sage._viz_data import load_display_batch
 
 needs_fmnist = pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST is not installed")

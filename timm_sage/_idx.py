@@ -1,4 +1,5 @@
-"""Private reader of idx files (MNIST / Fashion-MNIST layout), used by the saliency cache builder.
+"""Private reader of idx files (MNIST / Fashion-MNIST layout): the one reader behind training data, the
+saliency cache and the figures.
 
 An idx file is ``0x00 0x00 TYPE NDIM``, NDIM big-endian uint32 sizes, then the raw array; the files may
 be gzip-compressed. Only unsigned bytes (TYPE 0x08), the MNIST family's type, are supported.
@@ -16,11 +17,14 @@ FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 # Per-pixel mean/std of Fashion-MNIST's training images (values in [0, 1]).
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
-def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in an idx(.gz) file, uint8 of the file's shape."""
+def read_idx(path: str | Path, limit: int | None = None) -> np.ndarray:
+    """The array stored in an idx(.gz) file, uint8 of the file's shape (only the first ``limit`` items)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
@@ -29,35 +33,39 @@ def read_idx(path: str | Path) -> np.ndarray:
             raise ValueError(
                 f"{path} is not an unsigned-byte idx file (magic {zero:#x}, type {dtype_code:#x})"
             )
-        shape = struct.unpack(f">{ndim}I", handle.read(4 * ndim))
-        data = np.frombuffer(handle.read(), dtype=np.uint8)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {data.size}")
+        shape = list(struct.unpack(f">{ndim}I", handle.read(4 * ndim)))
+        if limit is not None:
+            shape[0] = min(shape[0], limit)
+        count = int(np.prod(shape))
+        data = np.frombuffer(handle.read(count), dtype=np.uint8)
+    if data.size != count:
+        raise ValueError(f"{path} is truncated: expected {count} values, found {data.size}")
     return data.reshape(shape)
 
 
 def find_idx_pair(root: str | Path, split: str) -> tuple[Path, Path] | None:
-    """``(images, labels)`` idx files of ``split`` ("train" or "test") in ``root``, or None if absent."""
+    """``(images, labels)`` idx files of ``split`` ("train" or "test") in ``root`` (or its ``raw/``
+    folder, torchvision's layout), or None if absent."""
     prefix = _SPLIT_PREFIX.get(split)
     if prefix is None:
         raise ValueError(f"split must be 'train' or 'test' for idx data, got {split!r}")
-    root = Path(root)
-    for suffix in (".gz", ""):
-        images = root / f"{prefix}-images-idx3-ubyte{suffix}"
-        labels = root / f"{prefix}-labels-idx1-ubyte{suffix}"
-        if images.is_file() and labels.is_file():
-            return images, labels
+    for folder in (Path(root), Path(root) / "raw"):
+        for suffix in (".gz", ""):
+            images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+            labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+            if images.is_file() and labels.is_file():
+                return images, labels
     return None
 
 
-def load_idx_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W) uint8 and labels (N,) int64 of an idx dataset split."""
+def load_idx_split(root: str | Path, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W) uint8 and labels (N,) int64 of an idx dataset split (first ``limit`` items)."""
     pair = find_idx_pair(root, split)
     if pair is None:
         raise FileNotFoundError(
             f"no {split} idx files (*-images-idx3-ubyte[.gz], *-labels-idx1-ubyte[.gz]) in {root}"
         )
-    images, labels = read_idx(pair[0]), read_idx(pair[1]).astype(np.int64)
+    images, labels = read_idx(pair[0], limit), read_idx(pair[1], limit).astype(np.int64)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
         raise ValueError(f"idx files in {root} hold images {images.shape} and labels {labels.shape}")
     return images, labels

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from timm_sage import _fmnist
+from timm_sage import _idx
 
 _CIFAR_STATS = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -110,14 +110,14 @@ def load_images(
     optionally with ``train/`` and ``val/``), the last resized and centre-cropped to ``image_size``
     (default 64). Fashion-MNIST and CIFAR keep their native size.
     """
-    root = Path(data) if data is not None else _fmnist.DEFAULT_ROOT
+    root = Path(data) if data is not None else _idx.FASHION_MNIST_ROOT
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    if _fmnist.is_fashion_mnist(root):
-        images, labels = _fmnist.load(root, split, limit=10000)
+    if _idx.find_idx_pair(root, split) is not None:
+        images, labels = _idx.load_idx_split(root, split, limit=10000)
         index = _choose(len(labels), count, seed)
-        stats = (_fmnist.MEAN,), (_fmnist.STD,)
-        return _batch(images[index][:, None], labels[index], _fmnist.CLASS_NAMES, *stats)
+        stats = (_idx.FASHION_MNIST_MEAN,), (_idx.FASHION_MNIST_STD,)
+        return _batch(images[index][:, None], labels[index], _idx.FASHION_MNIST_CLASSES, *stats)
     if (root / "batches.meta").is_file() or (root / "meta").is_file():
         return _read_cifar(root, split, count, seed)
     return _read_image_folder(root, split, count, seed, image_size or 64)

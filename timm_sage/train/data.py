@@ -24,15 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timm_sage import _idx
+
 __all__ = ["BatchLoader", "ImageTensors", "class_balanced_subset", "crop_padding", "load_datasets"]
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+FASHION_MNIST_DIR = _idx.FASHION_MNIST_ROOT
+FASHION_MNIST_CLASSES = _idx.FASHION_MNIST_CLASSES
 # per-channel statistics of the training images (values in [0, 1])
 DATASET_STATS = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "fashion_mnist": ((_idx.FASHION_MNIST_MEAN,), (_idx.FASHION_MNIST_STD,)),
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -64,34 +64,22 @@ def _canonical(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sources
-def _read_idx(path: Path) -> np.ndarray:
-    from timm_sage._idx import read_idx
-
-    return read_idx(path)
-
-
 def _load_idx(name: str, data_dir: str | None) -> tuple[ImageTensors, ImageTensors]:
     if data_dir is None and name != "fashion_mnist":
         raise ValueError(f"data_dir is required for dataset {name!r} (the folder of its idx files)")
     root = Path(data_dir) if data_dir else FASHION_MNIST_DIR
     looked = [root, root / "raw", root / "FashionMNIST" / "raw", root / "MNIST" / "raw"]
-    for folder in looked:
-        found = {}
-        for split, prefix in (("train", "train"), ("test", "t10k")):
-            for suffix in (".gz", ""):
-                images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
-                labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
-                if images.is_file() and labels.is_file():
-                    found[split] = (images, labels)
-                    break
-        if len(found) == 2:
-            classes = list(FASHION_MNIST_CLASSES) if name == "fashion_mnist" else [str(i) for i in range(10)]
-            splits = []
-            for split in ("train", "test"):
-                images = torch.from_numpy(_read_idx(found[split][0]).copy())[:, None]
-                labels = torch.from_numpy(_read_idx(found[split][1]).astype(np.int64))
-                splits.append(ImageTensors(images, labels, classes))
-            return splits[0], splits[1]
+    for folder in (root, root / "FashionMNIST", root / "MNIST"):  # find_idx_pair also looks in raw/
+        if _idx.find_idx_pair(folder, "train") is None or _idx.find_idx_pair(folder, "test") is None:
+            continue
+        classes = list(FASHION_MNIST_CLASSES) if name == "fashion_mnist" else [str(i) for i in range(10)]
+        splits = []
+        for split in ("train", "test"):
+            images, labels = _idx.load_idx_split(folder, split)
+            splits.append(
+                ImageTensors(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels), classes)
+            )
+        return splits[0], splits[1]
     where = ", ".join(str(p) for p in looked)
     how = (
         "install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu, files land in "
