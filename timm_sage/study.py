@@ -26,12 +26,14 @@ def run_name(config: Path, seed: int) -> str:
 
 
 def run_study(configs: list[Path], seeds: list[int], output: Path, extra: list[str]) -> list[Path]:
-    """Train every config with every seed (skipping finished runs); returns the run folders."""
-    folders = []
+    """Train every config with every seed, seed by seed (so a stopped study has every method for the
+    first seeds), skipping finished runs and resuming interrupted ones; returns the run folders."""
     for config in configs:
         if not config.is_file():
             raise FileNotFoundError(f"config {config} does not exist")
-        for seed in seeds:
+    folders = []
+    for seed in seeds:
+        for config in configs:
             name = run_name(config, seed)
             folder = output / name
             folders.append(folder)
