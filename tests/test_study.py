@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import statistics
 
+import pytest
+
 from timm_sage import study
 
 
@@ -39,3 +41,14 @@ def test_report_table_figure_and_markers(tmp_path):
     assert "old" not in written and "before" in written and "after" in written and sage_row in written
     study.plot_curves(results, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_override_flags_and_bad_assignment():
+    assert study.override_flags(["data_dir=/data/c", "epochs=5"]) == [
+        "--data_dir",
+        "/data/c",
+        "--epochs",
+        "5",
+    ]
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        study.override_flags(["epochs"])

@@ -42,6 +42,11 @@ def loglog_plot(
     figure, axes = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         axes.loglog(xs, ys, marker="o", label=name)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xticks(sorted({x for xs, _ in series.values() for x in xs}))
     axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)

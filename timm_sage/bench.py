@@ -253,7 +253,8 @@ def _plot_scale(rows: list[BenchRow], path: Path) -> None:
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         axis = row.extra["axis"]
-        key = f"{axis}: {row.name}"
+        fixed = f"B={row.extra['batch']}" if axis == "size" else f"{row.extra['size']}x{row.extra['size']}"
+        key = f"{'image side' if axis == 'size' else 'batch size'} ({fixed}): {row.name}"
         xs, ys = series.setdefault(key, ([], []))
         xs.append(row.extra["size"] if axis == "size" else row.extra["batch"])
         ys.append(row.value)
@@ -278,10 +279,34 @@ def _peak_rss_child(kind: str, quick: bool, queue) -> None:
         seed=0,
         update_ratio=0.7 if kind == "sage r=0.7" else 1.0,
     )
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)  # optimizer state, allocator warm
+    before = _reset_peak_rss()
     for _ in range(2):
         _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)
-    queue.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))
+    queue.put((before, _peak_rss_mib()))
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark (Linux: clear_refs 5) and return the current RSS in MiB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _status_mib("VmRSS")
+    except OSError:  # not Linux: fall back to the lifetime peak, which can only understate growth
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_rss_mib() -> float:
+    try:
+        return _status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def suite_memory(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:

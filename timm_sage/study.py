@@ -132,6 +132,17 @@ def plot_curves(results: dict[str, list[dict]], path: Path) -> None:
     plt.close(figure)
 
 
+def override_flags(assignments: list[str]) -> list[str]:
+    """`["data_dir=/x", "epochs=5"]` -> `["--data_dir", "/x", "--epochs", "5"]`, flags for timm-sage train."""
+    flags = []
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        flags += [f"--{key.strip()}", value]
+    return flags
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("configs", nargs="+", type=Path, help="training configs (YAML), one per method")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -140,14 +151,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--figure", type=Path, default=None, help="PNG of test accuracy per epoch")
     parser.add_argument("--report-only", action="store_true", help="do not train, only report finished runs")
     parser.add_argument(
-        "--set", nargs="*", default=[], metavar="FLAG", help="extra flags for every train run"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run, e.g. --set data_dir=/data/cifar (repeatable)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     if not args.report_only:
-        run_study(args.configs, args.seeds, args.output, list(args.set))
+        run_study(args.configs, args.seeds, args.output, override_flags(args.set))
     results = collect(folders)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
