@@ -47,3 +47,13 @@ def test_bench_rejects_unknown_suite_and_device(capsys):
     assert cli.main(["bench", "nonsense"]) == 2
     assert "suites must be among" in capsys.readouterr().err
     assert cli.main(["bench", "mix", "--device", "tpu"]) == 2
+
+
+def test_bench_memory_quick_measures_step_growth(tmp_path):
+    out = tmp_path / "memory.json"
+    assert cli.main(["bench", "memory", "--quick", "--json", str(out)]) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"vanilla", "sage r=1", "sage r=0.7"}
+    for row in rows.values():
+        assert row["unit"] == "MiB" and row["value"] > 0
+        assert row["extra"]["process_peak_mib"] >= row["extra"]["before_steps_mib"]

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from timm_sage import functional
 from timm_sage._report import write_between_markers
 from timm_sage._timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
+from timm_sage.mixup import SageMixup
 
 SUITES = ("mix", "step", "scale", "memory")
 
@@ -162,8 +163,6 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
     """Full training steps: vanilla, timm Mixup, timm CutMix, SAGE with update_ratio 1 and 0.7."""
     from timm.data import Mixup
 
-    from timm_sage.mixup import SageMixup
-
     name, batch, size, classes = ("test_resnet", 8, 16, 10) if quick else ("preactresnet18", 100, 32, 10)
     case = f"{name} B={batch} 3x{size}x{size}"
     base_model = _model(name, classes, device)
@@ -263,26 +262,28 @@ def _plot_scale(rows: list[BenchRow], path: Path) -> None:
     )
 
 
+MEMORY_KINDS = ("vanilla", "sage r=1", "sage r=0.7")
+
+
+def _memory_mixer(kind: str, model: torch.nn.Module) -> Callable | None:
+    """The mixer of one memory-suite kind (None for vanilla)."""
+    if kind == "vanilla":
+        return None
+    ratio = 0.7 if kind == "sage r=0.7" else 1.0
+    return SageMixup(mixup_alpha=1.0, mode="sage", num_classes=10, model=model, seed=0, update_ratio=ratio)
+
+
 def _peak_rss_child(kind: str, quick: bool, queue) -> None:
     torch.set_num_threads(1 if quick else torch.get_num_threads())
-    from timm_sage.mixup import SageMixup
-
     name, batch, size = ("test_resnet", 8, 16) if quick else ("preactresnet18", 100, 32)
     model = _model(name, 10, torch.device("cpu"))
     step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3))
     x, y = _batch(batch, size, 10, torch.device("cpu"))
-    mixer = SageMixup(
-        mixup_alpha=1.0,
-        mode="sage",
-        num_classes=10,
-        model=model,
-        seed=0,
-        update_ratio=0.7 if kind == "sage r=0.7" else 1.0,
-    )
-    _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)  # optimizer state, allocator warm
+    mixer = _memory_mixer(kind, model)
+    _mixed_step(step, mixer, x, y, 10)  # optimizer state, allocator warm
     before = _reset_peak_rss()
     for _ in range(2):
-        _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)
+        _mixed_step(step, mixer, x, y, 10)
     queue.put((before, _peak_rss_mib()))
 
 
@@ -312,7 +313,7 @@ def _peak_rss_mib() -> float:
 def suite_memory(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
     """Peak memory of a SAGE step against a vanilla step (CPU: peak RSS of a fresh process, MiB)."""
     rows: list[BenchRow] = []
-    kinds = ("vanilla", "sage r=1", "sage r=0.7")
+    kinds = MEMORY_KINDS
     if device.type == "cuda":
         return _cuda_memory(device, kinds)
     context = multiprocessing.get_context("spawn")
@@ -337,23 +338,16 @@ def suite_memory(device: torch.device, repeats: int, warmup: int, quick: bool) -
 
 
 def _cuda_memory(device: torch.device, kinds: tuple[str, ...]) -> list[BenchRow]:
-    from timm_sage.mixup import SageMixup
-
     rows, peaks = [], {}
     x, y = _batch(100, 32, 10, device)
     for kind in kinds:
         model = _model("preactresnet18", 10, device)
         step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3))
-        mixer = SageMixup(
-            mixup_alpha=1.0,
-            mode="sage",
-            num_classes=10,
-            model=model,
-            seed=0,
-            update_ratio=0.7 if kind == "sage r=0.7" else 1.0,
-        )
+        mixer = _memory_mixer(kind, model)
+        _mixed_step(step, mixer, x, y, 10)  # optimizer state, allocator warm
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        _mixed_step(step, None if kind == "vanilla" else mixer, x, y, 10)
+        _mixed_step(step, mixer, x, y, 10)
         peaks[kind] = torch.cuda.max_memory_allocated(device) / 2**20
     for kind in kinds:
         ratio = peaks[kind] / peaks["vanilla"]

@@ -10,14 +10,18 @@ from timm_sage.models._common import CifarClassifier, check_arch, init_weights, 
 
 
 class PreActBlock(nn.Module):
-    """BN-ReLU-conv3x3-BN-ReLU-conv3x3; the projection shortcut takes the pre-activated input."""
+    """BN-ReLU-conv3x3(stride)-[dropout]-BN-ReLU-conv3x3 with a 1x1 projection when shapes change.
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+    The basic block of PreActResNet and, with ``block_dropout``, of the Wide ResNet.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int, block_dropout: float = 0.0) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.block_dropout = block_dropout
         self.shortcut = (
             nn.Conv2d(in_planes, planes, 1, stride, bias=False)
             if stride != 1 or in_planes != planes
@@ -27,9 +31,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
-        return out + shortcut
+        out = F.relu(self.bn2(self.conv1(out)))
+        if self.block_dropout > 0:
+            out = F.dropout(out, p=self.block_dropout, training=self.training)
+        return self.conv2(out) + shortcut
 
 
 class PreActResNet(CifarClassifier):

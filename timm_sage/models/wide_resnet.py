@@ -7,32 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm_sage.models._common import CifarClassifier, check_arch, init_weights, scaled
-
-
-class WideBlock(nn.Module):
-    """BN-ReLU-conv3x3(stride)-[dropout]-BN-ReLU-conv3x3 with a 1x1 projection when shapes change."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int, block_dropout: float) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.block_dropout = block_dropout
-        self.shortcut = (
-            nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-            if stride != 1 or in_planes != planes
-            else None
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if self.shortcut is not None else x
-        out = self.conv1(out)
-        out = F.relu(self.bn2(out))
-        if self.block_dropout > 0:
-            out = F.dropout(out, p=self.block_dropout, training=self.training)
-        return self.conv2(out) + shortcut
+from timm_sage.models.preact_resnet import PreActBlock
 
 
 class WideResNet(CifarClassifier):
@@ -73,7 +48,7 @@ class WideResNet(CifarClassifier):
             blocks = []
             for block_index in range(per_stage):
                 stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(WideBlock(in_planes, out_planes, stride, block_dropout))
+                blocks.append(PreActBlock(in_planes, out_planes, stride, block_dropout))
                 in_planes = out_planes
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
