@@ -7,7 +7,6 @@ loaded from a checkpoint or warmed up for a few steps. Every draw comes from a s
 
 from __future__ import annotations
 
-import argparse
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from timm_sage import _idx
+from timm_sage import _checkpoint, _idx
 
 _CIFAR_STATS = {
     10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -148,72 +147,8 @@ def load_display_batch(
 def build_model(
     name: str | None, in_chans: int, num_classes: int, checkpoint: str | Path | None = None, seed: int = 0
 ) -> nn.Module:
-    """A timm model for ``in_chans`` x ``num_classes`` inputs, loaded from ``checkpoint`` when given.
-
-    ``checkpoint``: a ``timm-sage train`` or timm checkpoint (a dict with ``state_dict``, ``model``,
-    ``state_dict_ema`` or ``model_state``; the architecture is read from ``arch``/``model_name``/``model``
-    or ``config["model"]``/``args.model`` when ``name`` is None), a bare state dict, or ``.safetensors``.
-    Initialisation draws from ``seed``. Raises ValueError for an unknown name or a mismatched checkpoint.
-    """
-    import timm
-
-    try:  # registers the project's CIFAR models in timm when that module exists
-        import timm_sage.models  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    state, stored_name = _load_state(Path(checkpoint)) if checkpoint is not None else (None, None)
-    name = name or stored_name or DEFAULT_MODEL
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            model = timm.create_model(name, pretrained=False, in_chans=in_chans, num_classes=num_classes)
-        except RuntimeError as error:
-            raise ValueError(f"model {name!r} is not a timm model name: {error}") from error
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(
-                f"checkpoint {checkpoint} does not fit model {name!r} with in_chans={in_chans}, "
-                f"num_classes={num_classes} (pass --model NAME?): {str(error).splitlines()[0]}"
-            ) from error
-    return model
-
-
-def _numpy_safe_globals() -> list:
-    """What a checkpoint holding numpy arrays (e.g. ``np.random.get_state()``) needs with weights_only."""
-    try:
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
-    kinds = (np.uint8, np.uint32, np.int32, np.int64, np.float32, np.float64, np.bool_)
-    return [_reconstruct, np.ndarray, np.dtype, *{type(np.dtype(kind)) for kind in kinds}]
-
-
-def _load_state(path: Path) -> tuple[dict[str, torch.Tensor], str | None]:
-    from timm.models import clean_state_dict
-
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return clean_state_dict(load_file(str(path))), None
-    with torch.serialization.safe_globals([argparse.Namespace, *_numpy_safe_globals()]):
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(raw, dict):
-        raise ValueError(f"checkpoint {path} must hold a dict, got {type(raw).__name__}")
-    names = [raw.get(key) for key in ("arch", "model_name", "model")]
-    for key in ("config", "args"):
-        nested = vars(raw[key]) if isinstance(raw.get(key), argparse.Namespace) else raw.get(key)
-        names.append(nested.get("model") if isinstance(nested, dict) else None)
-    name = next((n for n in names if isinstance(n, str)), None)
-    for key in ("state_dict", "model", "state_dict_ema", "model_state"):
-        if isinstance(raw.get(key), dict):
-            return clean_state_dict(raw[key]), name
-    if raw and all(isinstance(value, torch.Tensor) for value in raw.values()):
-        return clean_state_dict(raw), name
-    raise ValueError(f"checkpoint {path} holds no state dict (keys: {sorted(raw)[:8]})")
+    """:func:`timm_sage._checkpoint.build_model` with the figures' default model."""
+    return _checkpoint.build_model(name, in_chans, num_classes, checkpoint, seed, default=DEFAULT_MODEL)
 
 
 def warm_up(model: nn.Module, batch: Batch, steps: int, seed: int) -> None:

@@ -379,22 +379,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def _load_model(name: str, checkpoint: str, num_classes: int, in_chans: int) -> nn.Module:
-    import timm
-
-    try:  # registers timm_sage's CIFAR models when that module is installed
-        import timm_sage.models  # noqa: F401
-    except ModuleNotFoundError:
-        pass
-    if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
-    timm.models.load_checkpoint(model, checkpoint, strict=True)
-    return model
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``timm-sage saliency``."""
+    from timm_sage._checkpoint import build_model
     from timm_sage._idx import open_dataset
 
     dataset, num_classes, in_chans = open_dataset(
@@ -407,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
     )
     num_classes = args.num_classes or num_classes
     stat = os.stat(args.checkpoint) if os.path.isfile(args.checkpoint) else None
-    model = _load_model(args.model, args.checkpoint, num_classes, in_chans).to(args.device)
+    model = build_model(args.model, in_chans, num_classes, args.checkpoint).to(args.device)
     indices = (
         None
         if args.limit is None
