@@ -71,10 +71,8 @@ def main(argv=None) -> float:
     args = parser.parse_args(argv)
 
     images, labels = fmnist.load("train", args.train_limit)
-    test_x, test_y = (
-        normalised(fmnist.load("test", args.test_limit)[0]),
-        fmnist.load("test", args.test_limit)[1],
-    )
+    test_images, test_y = fmnist.load("test", args.test_limit)
+    test_x = normalised(test_images)
     cache_path = Path(args.cache or Path(tempfile.mkdtemp()) / "fmnist_saliency.safetensors")
     if not cache_path.exists():
         teacher = train_teacher(images, labels, args.teacher_steps, args.seed)
@@ -99,25 +97,8 @@ def main(argv=None) -> float:
     torch.manual_seed(args.seed)
     model = fmnist.small_cnn()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    step = 0
-    model.train()
-    while step < args.steps:
-        for x, soft_labels in loader:
-            loss = torch.sum(-soft_labels * F.log_softmax(model(x), dim=1), dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % 50 == 0 or step == args.steps:
-                print(f"step {step:5d}  mixed loss {loss.item():.4f}")
-            if step == args.steps:
-                break
-
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(test_x).argmax(1) == torch.from_numpy(test_y)).float().mean())
-    print(f"test accuracy on {len(test_y)} images: {accuracy:.4f}")
-    return accuracy
+    fmnist.train_steps(model, optimizer, loader, args.steps)
+    return fmnist.evaluate_accuracy(model, test_x, torch.from_numpy(test_y))
 
 
 if __name__ == "__main__":

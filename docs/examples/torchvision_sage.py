@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.transforms import v2
 
@@ -58,28 +57,8 @@ def main(argv=None) -> float:
     sage = SAGE(num_classes=10, upper_lambda=0.6, rand_pos=0.05, model=model, seed=args.seed)
     mix = v2.RandomChoice([sage, v2.CutMix(num_classes=10)]) if args.cutmix else sage
 
-    step = 0
-    model.train()
-    while step < args.steps:
-        for images, labels in loader:
-            images, soft_labels = mix(
-                images, labels
-            )  # the saliency pass runs on the bound model (train mode)
-            loss = torch.sum(-soft_labels * F.log_softmax(model(images), dim=1), dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            if step % 50 == 0 or step == args.steps:
-                print(f"step {step:5d}  mixed loss {loss.item():.4f}")
-            if step == args.steps:
-                break
-
-    model.eval()
-    with torch.no_grad():
-        accuracy = float((model(test_x).argmax(1) == test_y).float().mean())
-    print(f"test accuracy on {len(test_y)} images: {accuracy:.4f}")
-    return accuracy
+    fmnist.train_steps(model, optimizer, loader, args.steps, mix=mix)
+    return fmnist.evaluate_accuracy(model, test_x, test_y)
 
 
 if __name__ == "__main__":
