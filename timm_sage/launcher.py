@@ -44,8 +44,12 @@ def add_sage_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("SAGE (timm_sage; with --mixup-mode sage)")
     for name, (kind, choices, help_text) in plugin.SAGE_OPTIONS.items():
         group.add_argument(
-            f"--sage-{name.replace('_', '-')}", dest=f"sage_{name}", type=kind, choices=choices,
-            default=None, help=help_text,
+            f"--sage-{name.replace('_', '-')}",
+            dest=f"sage_{name}",
+            type=kind,
+            choices=choices,
+            default=None,
+            help=help_text,
         )
 
 
