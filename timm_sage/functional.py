@@ -152,7 +152,9 @@ def saliency_pass(
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, and the
-        clean ``loss`` (0-dim float32, detached). When the loss is NaN or Inf no backward runs and
+        clean ``loss`` (0-dim float32, detached). The maps' overall scale carries ``param_grad_weight``
+        and ``backward_scale`` (it is the gradient of the weighted loss); SAGE normalises each map, so
+        only their shape matters. When the loss is NaN or Inf no backward runs and
         the saliency is all NaN, so a caller can skip the batch (SageMixup does, with a warning).
     """
     _checks.check_tensor("x", x)
