@@ -37,7 +37,41 @@ class PreActBlock(nn.Module):
         return self.conv2(out) + shortcut
 
 
-class PreActResNet(CifarClassifier):
+class PreActNetwork(CifarClassifier):
+    """3x3 stem, stages of :class:`PreActBlock` (the first block of every stage after the first strides
+    by 2), a final BN-ReLU and timm's classifier head: the shape PreActResNet and WRN share."""
+
+    def _build(
+        self,
+        in_chans: int,
+        stem_planes: int,
+        planes: list[int],
+        blocks_per_stage: list[int],
+        num_classes: int,
+        drop_rate: float,
+        block_dropout: float = 0.0,
+    ) -> None:
+        self.stem = nn.Conv2d(in_chans, stem_planes, 3, 1, 1, bias=False)
+        stages: list[nn.Module] = []
+        in_planes = stem_planes
+        for index, (count, out_planes) in enumerate(zip(blocks_per_stage, planes, strict=True)):
+            blocks = []
+            for block_index in range(count):
+                stride = 2 if index > 0 and block_index == 0 else 1
+                blocks.append(PreActBlock(in_planes, out_planes, stride, block_dropout))
+                in_planes = out_planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.norm = nn.BatchNorm2d(in_planes)
+        self._init_head(in_planes, num_classes, drop_rate)
+        init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, in_chans, H, W) -> (B, num_features, H', W') after the final BN-ReLU."""
+        return F.relu(self.norm(self.stages(self.stem(x))))
+
+
+class PreActResNet(PreActNetwork):
     """Pre-activation ResNet for small images.
 
     Args:
@@ -64,21 +98,4 @@ class PreActResNet(CifarClassifier):
         super().__init__()
         check_arch(num_classes, in_chans, width, drop_rate)
         planes = [scaled(base_width * 2**i, width) for i in range(len(layers))]
-        self.stem = nn.Conv2d(in_chans, planes[0], 3, 1, 1, bias=False)
-        stages: list[nn.Module] = []
-        in_planes = planes[0]
-        for index, (count, out_planes) in enumerate(zip(layers, planes, strict=True)):
-            blocks = []
-            for block_index in range(count):
-                stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(PreActBlock(in_planes, out_planes, stride))
-                in_planes = out_planes
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(in_planes)
-        self._init_head(in_planes, num_classes, drop_rate)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, num_features, H/8, W/8) after the final BN-ReLU."""
-        return F.relu(self.norm(self.stages(self.stem(x))))
+        self._build(in_chans, planes[0], planes, list(layers), num_classes, drop_rate)

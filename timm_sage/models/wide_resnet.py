@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from timm_sage.models._common import CifarClassifier, check_arch, init_weights, scaled
-from timm_sage.models.preact_resnet import PreActBlock
+from timm_sage.models._common import check_arch, scaled
+from timm_sage.models.preact_resnet import PreActNetwork
 
 
-class WideResNet(CifarClassifier):
+class WideResNet(PreActNetwork):
     """WRN-depth-k: ``(depth - 4) / 6`` blocks per stage, widths (16k, 32k, 64k), stem width 16.
 
     Args:
@@ -41,21 +37,4 @@ class WideResNet(CifarClassifier):
         per_stage = (depth - 4) // 6
         stem = scaled(16, width)
         planes = [scaled(16 * widen_factor * 2**i, width) for i in range(3)]
-        self.stem = nn.Conv2d(in_chans, stem, 3, 1, 1, bias=False)
-        stages: list[nn.Module] = []
-        in_planes = stem
-        for index, out_planes in enumerate(planes):
-            blocks = []
-            for block_index in range(per_stage):
-                stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(PreActBlock(in_planes, out_planes, stride, block_dropout))
-                in_planes = out_planes
-            stages.append(nn.Sequential(*blocks))
-        self.stages = nn.Sequential(*stages)
-        self.norm = nn.BatchNorm2d(in_planes)
-        self._init_head(in_planes, num_classes, drop_rate)
-        init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> (B, num_features, H/4, W/4)."""
-        return F.relu(self.norm(self.stages(self.stem(x))))
+        self._build(in_chans, stem, planes, [per_stage] * 3, num_classes, drop_rate, block_dropout)
