@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from timm_sage import _checks, _search
@@ -27,6 +28,7 @@ __all__ = [
     "SALIENCY_REDUCTIONS",
     "SaliencyPass",
     "SageMixOutput",
+    "SageParams",
     "blur_maps",
     "mixing_mask",
     "normalise_saliency",
@@ -34,6 +36,7 @@ __all__ = [
     "saliency_pass",
     "sage_mix",
     "sage_target",
+    "sample_sage_params",
     "sample_translations",
     "translation_scores",
 ]
@@ -91,6 +94,42 @@ def sample_translations(
         shifts[:, 0].clamp_(-(height - 1), height - 1)
         shifts[:, 1].clamp_(-(width - 1), width - 1)
     return shifts.to(device) if device is not None else shifts
+
+
+class SageParams(NamedTuple):
+    """The random draws of one SAGE batch.
+
+    ``perm`` (B,) long, ``prior`` float, ``translations`` (K, 2) long, all on the CPU.
+    """
+
+    perm: torch.Tensor
+    prior: float
+    translations: torch.Tensor
+
+
+def sample_sage_params(
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    alpha: float,
+    upper_lambda: float,
+    rand_pos: float,
+    generator: torch.Generator,
+    search_size: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> SageParams:
+    """Draw one batch's partner permutation, prior ``Beta(alpha, alpha) * upper_lambda`` and candidates.
+
+    The Beta draw comes from ``rng``; without one, a numpy generator is seeded from ``generator``, so the
+    torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``.
+    """
+    if rng is None:
+        rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
+    prior = float(rng.beta(alpha, alpha)) * upper_lambda
+    perm = torch.randperm(batch, generator=generator)
+    translations = sample_translations(height, width, rand_pos, generator=generator, search_size=search_size)
+    return SageParams(perm, prior, translations)
 
 
 def _check_saliency(saliency: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:

@@ -12,7 +12,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,21 +20,11 @@ from timm.data import Mixup
 from torch import nn
 
 from timm_sage import _checks, functional
+from timm_sage.functional import SageParams
 
 __all__ = ["SageMixup", "SageParams", "SageMixRecord", "unwrap_model"]
 
 MODES = ("batch", "pair", "elem", "half", "sage")
-
-
-class SageParams(NamedTuple):
-    """The random draws of one SAGE batch.
-
-    ``perm`` (B,) long, ``prior`` float, ``translations`` (K, 2) long, all on the CPU.
-    """
-
-    perm: torch.Tensor
-    prior: float
-    translations: torch.Tensor
 
 
 @dataclass
@@ -223,13 +213,17 @@ class SageMixup(Mixup):
         self, batch: int, height: int, width: int, rng: np.random.Generator | None = None
     ) -> SageParams:
         """Draw ``perm``, ``prior`` and candidate ``translations`` for one batch (CPU tensors)."""
-        rng = rng if rng is not None else self._numpy_rng()
-        prior = float(rng.beta(self.mixup_alpha, self.mixup_alpha)) * self.upper_lambda
-        perm = torch.randperm(batch, generator=self.generator)
-        translations = functional.sample_translations(
-            height, width, self.rand_pos, generator=self.generator, search_size=self.search_size
+        return functional.sample_sage_params(
+            batch,
+            height,
+            width,
+            alpha=self.mixup_alpha,
+            upper_lambda=self.upper_lambda,
+            rand_pos=self.rand_pos,
+            generator=self.generator,
+            search_size=self.search_size,
+            rng=rng if rng is not None else self._numpy_rng(),
         )
-        return SageParams(perm, prior, translations)
 
     # -- the call ------------------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor | None = None):

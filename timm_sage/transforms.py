@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 from torch import nn
@@ -176,13 +175,17 @@ class SAGE(Transform):
             raise ValueError(f"{type(self).__name__}() needs a batch of images (B, C, H, W)")
         height, width = query_size(images)
         self._reseed_in_worker()
-        numpy_seed = int(torch.randint(0, 2**63 - 1, (1,), generator=self.generator))
-        prior = float(np.random.default_rng(numpy_seed).beta(self.alpha, self.alpha)) * self.upper_lambda
-        perm = torch.randperm(images[0].shape[0], generator=self.generator)
-        translations = functional.sample_translations(
-            height, width, self.rand_pos, generator=self.generator, search_size=self.search_size
+        params = functional.sample_sage_params(
+            images[0].shape[0],
+            height,
+            width,
+            alpha=self.alpha,
+            upper_lambda=self.upper_lambda,
+            rand_pos=self.rand_pos,
+            generator=self.generator,
+            search_size=self.search_size,
         )
-        return {"perm": perm, "prior": prior, "translations": translations}
+        return params._asdict()
 
     # -- the call ------------------------------------------------------------------------------
     def forward(self, *inputs: Any) -> Any:
