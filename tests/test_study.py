@@ -10,13 +10,19 @@ import pytest
 from timm_sage import study
 
 
-def _fake_run(root, config_stem, seed, curve):
+def _fake_run(root, config_stem, seed, curve, epoch_time=1.0, train_top1=None):
+    """A finished run; ``curve`` holds test top-1 per epoch, None where the epoch was not evaluated."""
     folder = root / f"{config_stem}-seed{seed}"
     folder.mkdir(parents=True)
     (folder / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": i, "test_top1": v}) + "\n" for i, v in enumerate(curve))
+        "".join(
+            json.dumps({"epoch": i + 1, "test_top1": v, "epoch_time": epoch_time}) + "\n"
+            for i, v in enumerate(curve)
+        )
     )
-    (folder / "summary.json").write_text(json.dumps({"final_top1": curve[-1], "best_top1": max(curve)}))
+    tested = [v for v in curve if v is not None]
+    summary = {"final_top1": curve[-1], "best_top1": max(tested), "final_train_top1": train_top1}
+    (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
 
@@ -52,3 +58,44 @@ def test_override_flags_and_bad_assignment():
     ]
     with pytest.raises(ValueError, match="KEY=VALUE"):
         study.override_flags(["epochs"])
+
+
+def test_method_names_strip_the_shared_prefix():
+    names = study.method_names(["fm_scarce_sage", "fm_scarce_sage_cheap", "fm_scarce_vanilla"])
+    assert names == {
+        "fm_scarce_sage": "sage",
+        "fm_scarce_sage_cheap": "sage_cheap",
+        "fm_scarce_vanilla": "vanilla",
+    }
+    assert study.method_names(["fm_study_sage"]) == {"fm_study_sage": "sage"}
+
+
+def test_equal_epoch_table_reports_train_top1_and_gap(tmp_path):
+    folders = [
+        _fake_run(tmp_path, "s_vanilla", 0, [None, 80.0, None, 84.0], train_top1=99.5),
+        _fake_run(tmp_path, "s_vanilla", 1, [None, 81.0, None, 86.0], train_top1=99.9),
+    ]
+    row = next(line for line in study.table(study.collect(folders)).splitlines() if "| vanilla " in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # final 85.00 mean; train 99.70 mean; gap = mean(99.5 - 84, 99.9 - 86) = 14.70; 4 epochs x 1 s.
+    assert cells[2] == "85.00" and cells[5] == "99.70" and cells[6] == "14.70" and cells[7] == "4"
+
+
+def test_budget_table_reads_each_method_at_the_reference_training_time(tmp_path):
+    # vanilla: 4 epochs of 1 s -> budget 4 s. sage costs 2 s per epoch: within 4 s it reaches epoch 2.
+    folders = [
+        _fake_run(tmp_path, "s_vanilla", 0, [70.0, 80.0, 82.0, 84.0]),
+        _fake_run(tmp_path, "s_sage", 0, [60.0, 75.0, 85.0, 88.0], epoch_time=2.0),
+        _fake_run(tmp_path, "s_sage", 1, [61.0, 77.0, 85.0, 88.0], epoch_time=2.0),
+    ]
+    results = study.collect(folders)
+    assert study.top1_within(results["sage"][0], 4.0) == (75.0, 2)
+    text = study.budget_table(results, "vanilla")
+    sage_row = next(line for line in text.splitlines() if line.startswith("| sage "))
+    cells = [c.strip() for c in sage_row.strip("|").split("|")]
+    assert cells[1] == "2.00x" and cells[2] == "2" and cells[3] == "76.00"
+    assert cells[4] == f"{statistics.stdev([75.0, 77.0]):.2f}"
+    vanilla_row = next(line for line in text.splitlines() if line.startswith("| vanilla "))
+    assert "| 84.00 |" in vanilla_row
+    with pytest.raises(ValueError, match="budget reference"):
+        study.budget_table(results, "mixup")

@@ -25,6 +25,7 @@ from timm_sage._saliency import (
 
 __all__ = [
     "SALIENCY_LOSSES",
+    "REARRANGEMENTS",
     "SALIENCY_REDUCTIONS",
     "SaliencyPass",
     "SageMixOutput",
@@ -96,6 +97,12 @@ def sample_translations(
     return shifts.to(device) if device is not None else shifts
 
 
+# How the partner is placed (SAGE.md section 3): "search" evaluates K sampled candidates (the paper);
+# the ablations "none" (only the zero shift: saliency-guided mixing without rearrangement) and
+# "random" (one uniformly drawn shift, taken without scoring).
+REARRANGEMENTS = ("search", "none", "random")
+
+
 class SageParams(NamedTuple):
     """The random draws of one SAGE batch.
 
@@ -118,17 +125,33 @@ def sample_sage_params(
     generator: torch.Generator,
     search_size: int | None = None,
     rng: np.random.Generator | None = None,
+    rearrangement: str = "search",
 ) -> SageParams:
     """Draw one batch's partner permutation, prior ``Beta(alpha, alpha) * upper_lambda`` and candidates.
 
     The Beta draw comes from ``rng``; without one, a numpy generator is seeded from ``generator``, so the
     torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``.
+
+    ``rearrangement`` chooses the candidates (:data:`REARRANGEMENTS`): ``"search"`` draws
+    :func:`sample_translations`' K shifts (the paper); ``"none"`` gives the single zero shift;
+    ``"random"`` gives one shift drawn uniformly from all ``(2H-1)(2W-1)``, shared by the batch. With a
+    single candidate :func:`sage_mix` has nothing to choose, so the last two are the ablations "no
+    rearrangement" and "random rearrangement" with everything else unchanged.
     """
+    _checks.check_choice("rearrangement", rearrangement, REARRANGEMENTS)
     if rng is None:
         rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
     prior = float(rng.beta(alpha, alpha)) * upper_lambda
     perm = torch.randperm(batch, generator=generator)
-    translations = sample_translations(height, width, rand_pos, generator=generator, search_size=search_size)
+    if rearrangement == "search":
+        translations = sample_translations(
+            height, width, rand_pos, generator=generator, search_size=search_size
+        )
+    elif rearrangement == "none":
+        translations = torch.zeros(1, 2, dtype=torch.long)
+    else:
+        # rand_pos = 0 would still give K = 1; a tiny positive fraction does the same through one path.
+        translations = sample_translations(height, width, 1e-12, generator=generator)
     return SageParams(perm, prior, translations)
 
 

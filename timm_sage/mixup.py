@@ -100,6 +100,10 @@ class SageMixup(Mixup):
         saliency_loss, saliency_reduce, blur_kernel, blur_sigma: see
             :func:`timm_sage.functional.saliency_pass`.
         search_size: pooled search for large images (see :func:`timm_sage.functional.sage_mix`).
+        saliency_scale: cheap saliency, the saliency pass on the batch resized by this factor in
+            (0, 1] (see :func:`timm_sage.functional.saliency_pass`, ``scale``).
+        rearrangement: ``"search"`` (paper), or the ablations ``"none"`` (zero shift only) and
+            ``"random"`` (one random shift); see :func:`timm_sage.functional.sample_sage_params`.
         seed / generator: source of every SAGE-mode random draw.
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
         grad_scaler: a ``GradScaler`` or timm ``NativeScaler``: scales the clean gradient when ``r < 1``.
@@ -127,6 +131,8 @@ class SageMixup(Mixup):
         blur_kernel: int = 5,
         blur_sigma: float = 1.0,
         search_size: int | None = None,
+        saliency_scale: float = 1.0,
+        rearrangement: str = "search",
         seed: int | None = None,
         generator: torch.Generator | None = None,
         amp_dtype: torch.dtype | None = None,
@@ -168,6 +174,8 @@ class SageMixup(Mixup):
         self.search_size = (
             None if search_size is None else _checks.check_positive_int("search_size", search_size)
         )
+        self.saliency_scale = _checks.check_fraction("saliency_scale", saliency_scale, open_low=True)
+        self.rearrangement = _checks.check_choice("rearrangement", rearrangement, functional.REARRANGEMENTS)
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(f"amp_dtype must be a torch.dtype or None, got {type(amp_dtype).__name__}")
         self.amp_dtype = amp_dtype
@@ -223,6 +231,7 @@ class SageMixup(Mixup):
             generator=self.generator,
             search_size=self.search_size,
             rng=rng if rng is not None else self._numpy_rng(),
+            rearrangement=self.rearrangement,
         )
 
     # -- the call ------------------------------------------------------------------------------
@@ -340,6 +349,7 @@ class SageMixup(Mixup):
                 blur_sigma=self.blur_sigma,
                 param_grad_weight=weight,
                 backward_scale=self._scale if weight > 0 else None,
+                scale=self.saliency_scale,
             )
         loss = float(result.loss)
         if not math.isfinite(loss) or not bool(torch.isfinite(result.saliency).all()):

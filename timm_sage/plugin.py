@@ -89,6 +89,8 @@ SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]
     "saliency_reduce": (str, ("mean_abs", "l2"), "channel reduction of the input gradient"),
     "blur_kernel": (int, None, "Gaussian blur kernel of the saliency maps (default 5)"),
     "blur_sigma": (float, None, "Gaussian blur sigma (default 1.0)"),
+    "saliency_scale": (float, None, "cheap saliency: run the saliency pass on the batch resized by this"),
+    "rearrangement": (str, ("search", "none", "random"), "partner placement: search (paper) or an ablation"),
     "seed": (int, None, "seed of SAGE's random draws (default: torch.initial_seed())"),
 }
 

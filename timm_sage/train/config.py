@@ -119,6 +119,8 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "sage_saliency_reduce": ("str", "mean_abs"),
     "sage_blur_kernel": ("int", 5),
     "sage_blur_sigma": ("float", 1.0),
+    "sage_saliency_scale": ("float", 1.0),
+    "sage_rearrangement": ("str", "search"),
     "sage_seed": ("int", None),
     # precision, EMA, run
     "amp": ("bool", False),
@@ -128,6 +130,8 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "model_ema_decay": ("float", 0.9998),
     "model_ema_warmup": ("bool", False),
     "seed": ("int", 42),
+    "eval_interval": ("int", 1),
+    "eval_train": ("bool", False),
     "output": ("str", ""),
     "experiment": ("str", ""),
     "resume": ("str", ""),
@@ -343,7 +347,14 @@ def _check(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size"):
         if cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
-    for key in ("validation_batch_size", "train_subset", "img_size", "in_chans", "num_classes"):
+    for key in (
+        "eval_interval",
+        "validation_batch_size",
+        "train_subset",
+        "img_size",
+        "in_chans",
+        "num_classes",
+    ):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
     for key in ("mixup", "cutmix", "smoothing", "weight_decay", "warmup_epochs", "mixup_off_epoch"):

@@ -33,6 +33,7 @@ class SageOptions:
     saliency_reduce: str = "mean_abs"
     blur_kernel: int = 5
     blur_sigma: float = 1.0
+    saliency_scale: float = 1.0
 
 
 @dataclass
@@ -99,6 +100,7 @@ def train_step(
                 blur_sigma=options.blur_sigma,
                 param_grad_weight=clean_weight,
                 backward_scale=scaler.scale if (scaler is not None and clean_weight > 0) else None,
+                scale=options.saliency_scale,
             )
         clean_loss = float(clean.loss)
         if not math.isfinite(clean_loss) or not bool(torch.isfinite(clean.saliency).all()):

@@ -173,14 +173,19 @@ def write_curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str) -> P
         return None
     epochs = [row["epoch"] for row in rows]
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(9, 3.4))
+    # With eval_interval > 1 only some epochs carry test metrics: plot those.
+    tested = [row for row in rows if row["test_top1"] is not None]
+    tested_epochs = [row["epoch"] for row in tested]
     loss_axis.plot(epochs, [row["train_loss"] for row in rows], marker="o", label="train (mixed)")
-    loss_axis.plot(epochs, [row["test_loss"] for row in rows], marker="o", label="test")
+    loss_axis.plot(tested_epochs, [row["test_loss"] for row in tested], marker="o", label="test")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("loss")
     loss_axis.legend()
-    acc_axis.plot(epochs, [row["test_top1"] for row in rows], marker="o", label="test top-1")
-    if any(row.get("ema_test_top1") is not None for row in rows):
-        acc_axis.plot(epochs, [row.get("ema_test_top1") for row in rows], marker=".", label="EMA test top-1")
+    acc_axis.plot(tested_epochs, [row["test_top1"] for row in tested], marker="o", label="test top-1")
+    if any(row.get("ema_test_top1") is not None for row in tested):
+        acc_axis.plot(
+            tested_epochs, [row.get("ema_test_top1") for row in tested], marker=".", label="EMA test top-1"
+        )
     acc_axis.set_xlabel("epoch")
     acc_axis.set_ylabel("accuracy (%)")
     acc_axis.legend()

@@ -149,6 +149,7 @@ class Trainer:
                 update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
                 saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
                 blur_sigma=cfg.sage_blur_sigma, search_size=cfg.sage_search_size,
+                saliency_scale=cfg.sage_saliency_scale, rearrangement=cfg.sage_rearrangement,
                 seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
             )  # fmt: skip
             self.criterion: nn.Module = SoftTargetCrossEntropy()
@@ -159,7 +160,7 @@ class Trainer:
         self.sage = SageOptions(
             update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
             saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
-            blur_sigma=cfg.sage_blur_sigma,
+            blur_sigma=cfg.sage_blur_sigma, saliency_scale=cfg.sage_saliency_scale,
         )  # fmt: skip
         self.ema = None
         if cfg.model_ema:
@@ -241,29 +242,34 @@ class Trainer:
             epoch_start = time.perf_counter()
             train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)
             epoch_time = time.perf_counter() - epoch_start
-            test = evaluate(self.model, self.test_loader.batches(), autocast=self.autocast,
-                            channels_last=self.cfg.channels_last)  # fmt: skip
+            skipped = train_stats.pop("_skipped") - skipped_before
+            # eval_interval: test every N epochs and always after the last one (the test pass can cost
+            # more than a training epoch on a small subset).
+            tested = (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.num_epochs
+            test = self._evaluate(self.model, self.test_loader) if tested else None
+            ema_test = (
+                self._evaluate(self.ema.module, self.test_loader) if tested and self.ema is not None else None
+            )
             row = {
                 "epoch": epoch + 1,
                 **train_stats,
-                "test_loss": round(test["test_loss"], 6),
-                "test_top1": round(test["test_top1"], 4),
-                "test_top5": round(test["test_top5"], 4),
-                "ema_test_top1": None,
+                "test_loss": round(test["test_loss"], 6) if test else None,
+                "test_top1": round(test["test_top1"], 4) if test else None,
+                "test_top5": round(test["test_top5"], 4) if test else None,
+                "ema_test_top1": round(ema_test["test_top1"], 4) if ema_test else None,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_time": round(epoch_time, 3),
-                "eval_time": round(test["eval_time"], 3),
-                "skipped_sage_batches": train_stats.pop("_skipped") - skipped_before,
+                "eval_time": round(test["eval_time"], 3) if test else 0.0,
+                "skipped_sage_batches": skipped,
             }
-            if self.ema is not None:
-                ema_test = evaluate(self.ema.module, self.test_loader.batches(), autocast=self.autocast,
-                                    channels_last=self.cfg.channels_last)  # fmt: skip
-                row["ema_test_top1"] = round(ema_test["test_top1"], 4)
             if self.scheduler is not None:
-                self.scheduler.step(epoch + 1, row["test_top1"])
+                self.scheduler.step(epoch + 1, row["test_top1"])  # None between evaluations
             self.rows.append(row)
             self._after_epoch(epoch + 1)
         return self._finish()
+
+    def _evaluate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
+        return evaluate(model, loader.batches(), autocast=self.autocast, channels_last=self.cfg.channels_last)
 
     def _train_epoch(self, epoch: int, steps: int, stop_after: int | None) -> tuple[dict[str, Any], int]:
         cfg = self.cfg
@@ -346,11 +352,16 @@ class Trainer:
         row = self.rows[-1]
         if self.progress:
             ema = f" ema_top1 {row['ema_test_top1']:.2f}" if row["ema_test_top1"] is not None else ""
-            tqdm.write(
-                f"epoch {row['epoch']}/{self.num_epochs}: train_loss {row['train_loss']:.4f} "
+            test = (
                 f"test_loss {row['test_loss']:.4f} test_top1 {row['test_top1']:.2f} "
-                f"top5 {row['test_top5']:.2f}{ema} lr {row['lr']:.4g} ({row['epoch_time']:.1f}s + "
-                f"eval {row['eval_time']:.1f}s, {row['img_per_s']:.0f} img/s)"
+                f"top5 {row['test_top5']:.2f}"
+                if row["test_top1"] is not None
+                else "(no test this epoch)"
+            )
+            tqdm.write(
+                f"epoch {row['epoch']}/{self.num_epochs}: train_loss {row['train_loss']:.4f} {test}{ema} "
+                f"lr {row['lr']:.4g} ({row['epoch_time']:.1f}s + eval {row['eval_time']:.1f}s, "
+                f"{row['img_per_s']:.0f} img/s)"
             )
         title = f"{self.cfg.model} on {self.cfg.dataset or 'folder'}"
         outputs.write_curves(folder / "curves.png", self.rows, title)
@@ -358,13 +369,25 @@ class Trainer:
 
     def _finish(self) -> dict[str, Any]:
         rows = self.rows
-        best = max(rows, key=lambda r: r["test_top1"]) if rows else None
+        tested = [r for r in rows if r["test_top1"] is not None]
+        best = max(tested, key=lambda r: r["test_top1"]) if tested else None
+        train_eval = None
+        if self.cfg.eval_train:
+            # The final weights on the un-augmented training images, eval mode: the regime (how far the
+            # model fits its training set) that the running, augmented and mixed train_top1 cannot show.
+            loader = BatchLoader(
+                self.train_data, self.test_loader.batch_size, self.cfg.mean, self.cfg.std, train=False,
+                device=self.device,
+            )  # fmt: skip
+            train_eval = self._evaluate(self.model, loader)
         summary = {
             "final_top1": rows[-1]["test_top1"] if rows else None,
             "final_top5": rows[-1]["test_top5"] if rows else None,
             "best_top1": best["test_top1"] if best else None,
             "best_epoch": best["epoch"] if best else None,
             "final_ema_top1": rows[-1]["ema_test_top1"] if rows else None,
+            "final_train_top1": round(train_eval["test_top1"], 4) if train_eval else None,
+            "train_time_s": round(sum(r["epoch_time"] for r in rows), 2),
             "epochs": len(rows),
             "wall_time_s": round(self.elapsed_before + (time.perf_counter() - self._started), 2),
             "model": self.cfg.model,
