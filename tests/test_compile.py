@@ -14,7 +14,8 @@ import torch._dynamo
 import torch.nn.functional as F
 from torch import nn
 
-from timm_sage import SageMixup, _search, functional
+from timm_sage import SageMixup, functional
+from timm_sage.core import search as _search
 
 NUM_CLASSES = 4
 

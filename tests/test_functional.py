@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from sage_oracle import oracle_sage, zero_padded_shift
 from torch import nn
 
-from timm_sage import _search
 from timm_sage import functional as FN
+from timm_sage.core import search as _search
 
 
 def _batch(seed: int, batch: int, channels: int, height: int, width: int):

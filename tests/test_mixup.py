@@ -36,17 +36,6 @@ class TinyNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
-class WrapperLike(nn.Module):
-    """Stands for DistributedDataParallel / DataParallel: the real module sits in ``.module``."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
-
-
 def make_model(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return TinyNet().train()
@@ -259,9 +248,11 @@ def test_update_ratio_accumulates_weighted_clean_gradient(ratio):
     for param, grad in zip(model.parameters(), existing, strict=True):
         param.grad = grad.clone()
     mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=model, seed=0, update_ratio=ratio)
-    assert mixer.clean_grad_weight == pytest.approx((1 - ratio) / ratio)
+    assert mixer.clean_grad_weight == pytest.approx(1 - ratio)
     mixer(x, y)
-    weight = (1 - ratio) / ratio
+    # the paper's loss (1 - r) l_clean + r l_mixed: the clean part arrives with weight 1 - r ...
+    weight = 1 - ratio
+    assert float(mixer.loss_weight) == pytest.approx(ratio)  # ... and the caller's mixed loss takes r
     for param, before, want in zip(model.parameters(), existing, expected, strict=True):
         assert torch.allclose(param.grad, before + weight * want, atol=1e-6, rtol=1e-5)
 
@@ -275,7 +266,7 @@ def test_update_ratio_with_grad_scaler_scales_clean_gradient():
         mode="sage", num_classes=NUM_CLASSES, model=model, seed=0, update_ratio=0.7, grad_scaler=scaler
     )
     mixer(x, y)
-    weight = 0.3 / 0.7
+    weight = 0.3
     for param, want in zip(model.parameters(), expected, strict=True):
         assert torch.allclose(param.grad, 1024.0 * weight * want, atol=1e-4, rtol=1e-5)
     # unscale_ (as GradScaler.step does) brings the clean term back to the unscaled weight
@@ -297,8 +288,8 @@ def test_update_ratio_with_timm_native_scaler_scales_clean_gradient():
     )
     mixer(x, y)
     for param, want in zip(model.parameters(), expected, strict=True):
-        assert torch.allclose(param.grad, scale * want, atol=1e-2, rtol=1e-4)
-    # timm's step: scaled mixed loss backward, unscale, step; the clean term arrives with weight 1
+        assert torch.allclose(param.grad, scale * 0.5 * want, atol=1e-2, rtol=1e-4)
+    # timm's step: scaled mixed loss backward, unscale, step; the clean term arrives with weight 1 - r
     loss = F.cross_entropy(model(x), y)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler(loss, optimizer)
@@ -310,19 +301,39 @@ def test_bad_grad_scaler_is_a_type_error():
 
 
 # -- wrappers, precision, memory format ------------------------------------------------------------------
-def test_unwraps_ddp_like_compile_and_ema():
+def test_unwraps_data_parallel_compile_and_ema_by_type():
     model = make_model()
-    assert SageMixup(mode="sage", num_classes=NUM_CLASSES, model=WrapperLike(model)).model is model
+    assert SageMixup(mode="sage", num_classes=NUM_CLASSES, model=nn.DataParallel(model)).model is model
     compiled = torch.compile(model)  # lazy: nothing compiles until it is called
     assert SageMixup(mode="sage", num_classes=NUM_CLASSES, model=compiled).model is model
-    assert unwrap_model(WrapperLike(torch.compile(WrapperLike(model)))) is model
+    assert unwrap_model(nn.DataParallel(torch.compile(nn.DataParallel(model)))) is model
     ema = ModelEmaV3(model, decay=0.9)
     assert SageMixup(mode="sage", num_classes=NUM_CLASSES, model=ema).model is ema.module
     # the saliency pass runs the eager module: the compiled wrapper is never called
-    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=WrapperLike(compiled), seed=0)
+    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=nn.DataParallel(compiled), seed=0)
     x, y = make_batch()
     mixer(x, y)
     assert torch.allclose(mixer.last.saliency, functional.saliency_map(copy.deepcopy(model), x, y), atol=1e-6)
+
+
+def test_a_model_owning_a_submodule_called_module_is_not_unwrapped():
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+            self.fc = nn.Linear(32, NUM_CLASSES)
+            self.ema = nn.Identity()  # an attribute called ema is no wrapper either
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.module(x))
+
+    net = Net()
+    assert unwrap_model(net) is net
+    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=net, seed=0)
+    assert mixer.model is net
+    x, y = make_batch()
+    mixer(x, y)  # the whole network (logits), not the feature extractor, gives the saliency
+    assert torch.allclose(mixer.last.saliency, functional.saliency_map(net, x, y), atol=1e-6)
 
 
 def test_real_ddp_single_process(tmp_path):
@@ -341,14 +352,14 @@ def test_real_ddp_single_process(tmp_path):
         x, y = make_batch()
         for _ in range(2):  # two steps: the reducer must accept the extra backward each time
             mixed_x, soft = mixer(x, y)
-            loss = torch.sum(-soft * F.log_softmax(ddp(mixed_x), -1), -1).mean()
+            loss = torch.sum(-soft * F.log_softmax(ddp(mixed_x), -1), -1).mean() * mixer.loss_weight
             loss.backward()
-            # reference: clean grad (weight 1 at r = 0.5) + mixed grad, computed on a plain copy
+            # reference: 0.5 clean grad + 0.5 mixed grad (r = 0.5), computed on a plain copy
             clean = clean_param_grads(reference, x, y)
             ref_loss = torch.sum(-soft * F.log_softmax(reference(mixed_x), -1), -1).mean()
             mixed = torch.autograd.grad(ref_loss, list(reference.parameters()))
             for param, a, b in zip(model.parameters(), clean, mixed, strict=True):
-                assert torch.allclose(param.grad, a + b, atol=1e-5)
+                assert torch.allclose(param.grad, 0.5 * a + 0.5 * b, atol=1e-5)
             for param in model.parameters():
                 param.grad = None
     finally:

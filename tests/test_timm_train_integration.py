@@ -21,6 +21,7 @@ from timm.utils import unwrap_model
 
 import timm_sage
 from timm_sage import functional, launcher, plugin
+from timm_sage.core import step as sage_step_module
 from timm_sage.mixup import SageMixup
 
 SCRIPT = Path(__file__).with_name("timm_train_like.py")
@@ -33,7 +34,7 @@ SAGE = ["--mixup", "1.0", "--mixup-mode", "sage"]
 def spy(monkeypatch):
     """Record every SageMixup call (inputs, outputs, record) and every saliency pass (model, weights)."""
     calls: dict[str, list[dict]] = {"mix": [], "saliency": []}
-    mix_call, saliency_pass = SageMixup.__call__, functional.saliency_pass
+    mix_call, saliency_pass = SageMixup.__call__, sage_step_module.compute_saliency
 
     def mix(self, x, target, saliency=None):
         x_in, target_in = x.detach().clone(), target.detach().clone()
@@ -58,7 +59,7 @@ def spy(monkeypatch):
         return result
 
     monkeypatch.setattr(SageMixup, "__call__", mix)
-    monkeypatch.setattr(functional, "saliency_pass", saliency)
+    monkeypatch.setattr(sage_step_module, "compute_saliency", saliency)  # the one SAGE step's pass
     return calls
 
 
@@ -157,8 +158,8 @@ def test_launcher_yaml_sage_keys_no_prefetcher_update_ratio(spy, tmp_path):
     assert state.grad_scaler is module.RUN["loss_scaler"]
     check_sage_steps(module, spy["mix"], smoothing=0.0)
     for call in spy["saliency"]:
-        # the clean gradient is kept with weight (1 - r) / r = 1, scaled by the run's NativeScaler
-        assert call["kwargs"]["param_grad_weight"] == pytest.approx(1.0)
+        # the clean gradient is kept with weight 1 - r = 0.5, scaled by the run's NativeScaler
+        assert call["kwargs"]["param_grad_weight"] == pytest.approx(0.5)
         assert call["kwargs"]["backward_scale"] == module.RUN["loss_scaler"]._scaler.scale
     assert "sage_update_ratio: 0.5" in module.RUN["args_text"]
 

@@ -19,7 +19,7 @@ from timm_sage.functional import saliency_map
 from timm_sage.mixup import SageMixup
 from timm_sage.train import command
 from timm_sage.train.config import load_config, parse_overrides, resolve_config
-from timm_sage.train.loop import SageOptions, train_step
+from timm_sage.train.loop import train_step
 from timm_sage.train.session import StopForTest, Trainer
 
 
@@ -90,16 +90,19 @@ def test_sage_step_gradient_is_weighted_clean_plus_mixed(ratio):
     model = _tiny_model()
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(6, 3, 12, 12, generator=g), torch.randint(0, 4, (6,), generator=g)
-    mixer = SageMixup(mixup_alpha=1.0, mode="sage", num_classes=4, label_smoothing=0.0, rand_pos=0.05, seed=2)
+    mixer = SageMixup(
+        mixup_alpha=1.0, mode="sage", num_classes=4, label_smoothing=0.0, rand_pos=0.05, seed=2,
+        update_ratio=ratio, model=model,
+    )  # fmt: skip
     criterion = SoftTargetCrossEntropy()
     params = [p for p in model.parameters() if p.requires_grad]
     calls = []
     params[0].register_hook(lambda grad: calls.append(1))
     expected = saliency_map(model, x, y)
     model.zero_grad(set_to_none=True)
-    result = train_step(model, x, y, criterion=criterion, mixer=mixer, sage=SageOptions(update_ratio=ratio))
+    result = train_step(model, x, y, criterion=criterion, mixer=mixer)
     got = [p.grad.clone() for p in params]
-    assert result.method == "sage" and not result.skipped
+    assert result.method == "sage" and bool(mixer.last.mixed) and int(mixer.skipped_batches) == 0
     assert len(calls) == (1 if ratio == 1.0 else 2)  # r = 1: the clean pass computes no weight gradient
     # the mixer saw the clean pass's saliency (saliency_pass returns it scaled by param_grad_weight;
     # SAGE normalises every map by its sum, so only the shape matters)
@@ -114,14 +117,36 @@ def test_sage_step_gradient_is_weighted_clean_plus_mixed(ratio):
         torch.testing.assert_close(grad, (1 - ratio) * clean + ratio * mixed, rtol=1e-4, atol=1e-6)
 
 
-def test_non_finite_saliency_pass_skips_the_batch():
-    model = _tiny_model()
+class _NanInSaliencyPass(torch.nn.Module):
+    """Returns NaN logits when its input requires grad (the saliency pass), normal logits otherwise."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        return logits * math.nan if x.requires_grad else logits
+
+
+@pytest.mark.parametrize("loss", ["bce_softmax", "cross_entropy"])
+def test_non_finite_saliency_pass_trains_on_the_unmixed_batch(loss):
+    """The one rule: no mix, no clean gradient, mixed-loss weight 1, the skip counted on the device."""
+    model = _NanInSaliencyPass(_tiny_model())
     x, y = torch.randn(4, 3, 12, 12), torch.tensor([0, 1, 2, 3])
-    x[0, 0, 0, 0] = math.nan
-    mixer = SageMixup(mixup_alpha=1.0, mode="sage", num_classes=4, update_ratio=0.5, seed=0)
-    options = SageOptions(0.5, saliency_loss="cross_entropy")  # BCE raises on NaN inputs (torch)
-    result = train_step(model, x, y, criterion=SoftTargetCrossEntropy(), mixer=mixer, sage=options)
-    assert result.skipped and all(p.grad is None for p in model.parameters())
+    mixer = SageMixup(
+        mixup_alpha=1.0, mode="sage", num_classes=4, update_ratio=0.5, seed=0, model=model,
+        saliency_loss=loss, label_smoothing=0.0,
+    )  # fmt: skip
+    criterion = SoftTargetCrossEntropy()
+    result = train_step(model, x, y, criterion=criterion, mixer=mixer)
+    assert not bool(mixer.last.mixed) and int(mixer.skipped_batches) == 1
+    assert float(mixer.loss_weight) == 1.0
+    assert torch.equal(result.inputs, x) and torch.equal(result.target, F.one_hot(y, 4).float())
+    params = list(model.parameters())
+    expected = torch.autograd.grad(criterion(model(x), F.one_hot(y, 4).float()), params)
+    for param, want in zip(params, expected, strict=True):
+        torch.testing.assert_close(param.grad, want)  # the plain batch's gradient, nothing else
 
 
 # ------------------------------------------------------------------------------ end to end, resume
@@ -194,7 +219,7 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
 
     folder = Path(__file__).resolve().parents[1] / "train_configs"
     paths = sorted(folder.glob("*.yaml"))
-    assert len(paths) == 16 + 1 + 4
+    assert len(paths) == 16 + 1 + 4 + 7  # CIFAR, main job, 10k study, data-scarce study
     for path in paths:
         cfg = load_config(path)
         raw = yaml.safe_load(path.read_text())

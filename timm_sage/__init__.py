@@ -1,6 +1,7 @@
 """timm_sage: SAGE saliency-guided mixup for timm, torchvision and albumentations."""
 
 from timm_sage import models  # noqa: F401  (registers the CIFAR networks in timm)
+from timm_sage.config import SageConfig
 from timm_sage.functional import (
     SageMixOutput,
     sage_mix,
@@ -13,6 +14,7 @@ from timm_sage.mixup import SageMixup, unwrap_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "SageConfig",
     "SageMixOutput",
     "SageMixup",
     "__version__",

@@ -26,6 +26,8 @@ from albumentations.core.transforms_interface import BaseTransformInitSchema, Im
 from pydantic import Field
 
 from timm_sage import functional
+from timm_sage.config import SAGE_DEFAULTS as _D
+from timm_sage.config import SageConfig
 
 __all__ = ["SageMix", "SageMixDataset"]
 
@@ -38,9 +40,8 @@ class SageMix(ImageOnlyTransform):
     Args:
         num_classes: number of classes of the soft label.
         alpha: Beta parameter of the prior; ``prior = Beta(alpha, alpha) * upper_lambda``.
-        upper_lambda: cap of the anchor's prior share, in [0, 1].
-        rand_pos: fraction of all translations evaluated, in (0, 1] (at least one candidate).
-        search_size: pooled search for large images (see :func:`timm_sage.functional.sage_mix`).
+        upper_lambda, rand_pos, search_size, rearrangement: the SAGE options of the search, as in
+            :class:`timm_sage.SageConfig` (defaults and rules from there, checked at construction).
         metadata_key: data key of the partner dict ``{"image", "label", "saliency", "anchor_saliency"}``:
             partner image (same shape and dtype as ``image``), partner label (int or (num_classes,)
             probabilities), partner and anchor saliency maps (H, W) (or (H, W, 1)), non-negative.
@@ -55,9 +56,10 @@ class SageMix(ImageOnlyTransform):
     class InitSchema(BaseTransformInitSchema):
         num_classes: int = Field(ge=1)
         alpha: float = Field(gt=0)
-        upper_lambda: float = Field(ge=0, le=1)
-        rand_pos: float = Field(gt=0, le=1)
-        search_size: int | None = Field(default=None, ge=1)
+        upper_lambda: float
+        rand_pos: float
+        search_size: int | None = None
+        rearrangement: str
         metadata_key: str
         label_key: str
 
@@ -65,19 +67,24 @@ class SageMix(ImageOnlyTransform):
         self,
         num_classes: int,
         alpha: float = 1.0,
-        upper_lambda: float = 0.6,
-        rand_pos: float = 0.01,
-        search_size: int | None = None,
+        upper_lambda: float = _D.upper_lambda,
+        rand_pos: float = _D.rand_pos,
+        search_size: int | None = _D.search_size,
+        rearrangement: str = _D.rearrangement,
         metadata_key: str = "sage_metadata",
         label_key: str = "label",
         p: float = 1.0,
     ) -> None:
         super().__init__(p=p)
+        self.config = SageConfig(
+            upper_lambda=upper_lambda, rand_pos=rand_pos, search_size=search_size, rearrangement=rearrangement
+        )
         self.num_classes = num_classes
         self.alpha = alpha
-        self.upper_lambda = upper_lambda
-        self.rand_pos = rand_pos
-        self.search_size = search_size
+        self.upper_lambda = self.config.upper_lambda
+        self.rand_pos = self.config.rand_pos
+        self.search_size = self.config.search_size
+        self.rearrangement = self.config.rearrangement
         self.metadata_key = metadata_key
         self.label_key = label_key
 
@@ -88,12 +95,13 @@ class SageMix(ImageOnlyTransform):
 
     def draw_sage_params(self, height: int, width: int) -> dict[str, Any]:
         """Draw ``prior`` (float) and ``translations`` (K, 2) long from ``self.random_generator``."""
-        prior = float(self.random_generator.beta(self.alpha, self.alpha)) * self.upper_lambda
         generator = torch.Generator().manual_seed(int(self.random_generator.integers(0, 2**63 - 1)))
-        translations = functional.sample_translations(
-            height, width, self.rand_pos, generator=generator, search_size=self.search_size
-        )
-        return {"prior": prior, "translations": translations}
+        draws = functional.sample_sage_params(
+            2, height, width, alpha=self.alpha, upper_lambda=self.config.upper_lambda,
+            rand_pos=self.config.rand_pos, generator=generator, search_size=self.config.search_size,
+            rng=self.random_generator, rearrangement=self.config.rearrangement,
+        )  # fmt: skip
+        return {"prior": draws.prior, "translations": draws.translations}
 
     def _one_hot(self, label: Any, name: str) -> torch.Tensor:
         array = np.asarray(label)
@@ -196,6 +204,7 @@ class SageMix(ImageOnlyTransform):
             "upper_lambda",
             "rand_pos",
             "search_size",
+            "rearrangement",
             "metadata_key",
             "label_key",
         )

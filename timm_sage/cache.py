@@ -29,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm_sage import _checks, functional
+from timm_sage import functional
+from timm_sage.config import SAGE_DEFAULTS as _D
+from timm_sage.config import SageConfig, add_option_arguments
+from timm_sage.core import checks as _checks
 
 __all__ = ["SaliencyCache", "build_cache", "add_arguments", "run"]
 
@@ -215,10 +218,10 @@ def build_cache(
     batch_size: int = 256,
     size: int | None = None,
     train_mode: bool = False,
-    saliency_loss: str = "bce_softmax",
-    saliency_reduce: str = "mean_abs",
-    blur_kernel: int = 5,
-    blur_sigma: float = 1.0,
+    saliency_loss: str = _D.saliency_loss,
+    saliency_reduce: str = _D.saliency_reduce,
+    blur_kernel: int = _D.blur_kernel,
+    blur_sigma: float = _D.blur_sigma,
     device: str | torch.device = "cpu",
     num_workers: int = 0,
     part_size: int | None = None,
@@ -242,6 +245,12 @@ def build_cache(
         The output path.
     """
     _checks.check_positive_int("batch_size", batch_size)
+    SageConfig(
+        saliency_loss=saliency_loss,
+        saliency_reduce=saliency_reduce,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+    )  # the options' rules, once, before any work
     if size is not None:
         _checks.check_positive_int("size", size)
     output = Path(output)
@@ -369,10 +378,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--train-mode", action="store_true", help="run the model in train mode (default eval)"
     )
-    parser.add_argument("--saliency-loss", default="bce_softmax", choices=functional.SALIENCY_LOSSES)
-    parser.add_argument("--saliency-reduce", default="mean_abs", choices=functional.SALIENCY_REDUCTIONS)
-    parser.add_argument("--blur-kernel", type=int, default=5)
-    parser.add_argument("--blur-sigma", type=float, default=1.0)
+    add_option_arguments(parser, ("saliency_loss", "saliency_reduce", "blur_kernel", "blur_sigma"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers")
     parser.add_argument("--restart", action="store_true", help="discard partial results of an earlier run")

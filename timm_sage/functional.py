@@ -13,15 +13,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from timm_sage import _checks, _search
-from timm_sage._saliency import (
-    SALIENCY_LOSSES,
-    SALIENCY_REDUCTIONS,
-    SaliencyPass,
-    blur_maps,
-    saliency_map,
-    saliency_pass,
-)
+from timm_sage.config import REARRANGEMENTS, SALIENCY_LOSSES, SALIENCY_REDUCTIONS
+from timm_sage.core import checks as _checks
+from timm_sage.core import mixing as _mixing
+from timm_sage.core import search as _search
+from timm_sage.core.mixing import SagePlan, normalise_saliency
+from timm_sage.core.saliency import SaliencyPass, blur_maps, saliency_map, saliency_pass
+from timm_sage.core.step import SageDraws
 
 __all__ = [
     "SALIENCY_LOSSES",
@@ -30,9 +28,12 @@ __all__ = [
     "SaliencyPass",
     "SageMixOutput",
     "SageParams",
+    "SagePlan",
+    "apply",
     "blur_maps",
     "mixing_mask",
     "normalise_saliency",
+    "plan",
     "saliency_map",
     "saliency_pass",
     "sage_mix",
@@ -97,21 +98,8 @@ def sample_translations(
     return shifts.to(device) if device is not None else shifts
 
 
-# How the partner is placed (SAGE.md section 3): "search" evaluates K sampled candidates (the paper);
-# the ablations "none" (only the zero shift: saliency-guided mixing without rearrangement) and
-# "random" (one uniformly drawn shift, taken without scoring).
-REARRANGEMENTS = ("search", "none", "random")
-
-
-class SageParams(NamedTuple):
-    """The random draws of one SAGE batch.
-
-    ``perm`` (B,) long, ``prior`` float, ``translations`` (K, 2) long, all on the CPU.
-    """
-
-    perm: torch.Tensor
-    prior: float
-    translations: torch.Tensor
+# The random draws of one SAGE batch (perm, prior, translations): the step's SageDraws.
+SageParams = SageDraws
 
 
 def sample_sage_params(
@@ -155,7 +143,8 @@ def sample_sage_params(
     return SageParams(perm, prior, translations)
 
 
-def _check_saliency(saliency: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+def check_saliency(saliency: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    """(B, H, W) maps of images of shape ``x_shape``: floating, matching shape, finite and non-negative."""
     _checks.check_tensor("saliency", saliency)
     _checks.check_floating("saliency", saliency)
     batch, _, height, width = x_shape
@@ -198,23 +187,6 @@ def _check_translations(translations: torch.Tensor, height: int, width: int, nam
     return translations
 
 
-def normalise_saliency(
-    saliency: torch.Tensor, perm: torch.Tensor, prior: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prior-weighted maps ``(s0, s1)`` of SAGE.md section 2, each (B, H, W) float32.
-
-    ``s0 = prior * s / sum(s)``, ``s1 = (1 - prior) * s[perm] / sum(s[perm])``. A map that is all zeros
-    counts as uniform. Scaling by the per-image maximum first keeps huge and denormal values finite.
-    """
-    # Scale by the peak in the maps' own precision (float64 maps may exceed float32's range), then float32.
-    maps = saliency if saliency.dtype == torch.float64 else saliency.float()
-    peak = maps.flatten(1).amax(1).view(-1, 1, 1)
-    maps = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), 1.0).float()
-    maps = maps / maps.sum((1, 2), keepdim=True)
-    prior = prior.view(-1, 1, 1)
-    return prior * maps, (1 - prior) * maps[perm]
-
-
 def mixing_mask(
     saliency: torch.Tensor,
     *,
@@ -241,6 +213,78 @@ def translation_scores(
     translations = _check_translations(translations, height, width, "translations")
     s0, s1 = normalise_saliency(saliency, perm, _check_prior(prior, batch, saliency.device))
     return _search.translation_scores(s0, s1, translations)
+
+
+def _check_mix_inputs(
+    x_shape: torch.Size,
+    saliency: torch.Tensor,
+    perm: torch.Tensor,
+    prior: float | torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    batch = x_shape[0]
+    saliency = check_saliency(saliency, x_shape).detach().to(device)
+    perm = _checks.check_permutation("perm", perm, batch).to(device)
+    return saliency, perm, _check_prior(prior, batch, device)
+
+
+def _check_images(x: torch.Tensor) -> None:
+    _checks.check_tensor("x", x)
+    _checks.check_floating("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+
+
+def plan(
+    saliency: torch.Tensor,
+    *,
+    perm: torch.Tensor,
+    prior: float | torch.Tensor,
+    translations: torch.Tensor,
+    search_size: int | None = None,
+    chunk_elements: int | None = None,
+) -> SagePlan:
+    """The SAGE plan of a batch: best translation, mask and label share per image (no images needed).
+
+    Args:
+        saliency: (B, H, W) or (B, 1, H, W) non-negative, smoothed maps; an all-zero map is uniform.
+        perm, prior, translations, search_size, chunk_elements: as :func:`sage_mix`.
+
+    Returns:
+        :class:`SagePlan` (translation (B, 2) long, mask (B, H, W) float32, lam (B,) float32), on the
+        saliency's device. Apply it to images (or to any per-pixel target) with :func:`apply`.
+    """
+    _checks.check_tensor("saliency", saliency)
+    if saliency.ndim == 4 and saliency.shape[1] == 1:
+        saliency = saliency[:, 0]
+    if saliency.ndim != 3:
+        raise ValueError(f"saliency must have shape (B, H, W) or (B, 1, H, W), got {tuple(saliency.shape)}")
+    batch, height, width = saliency.shape
+    shape = torch.Size((batch, 1, height, width))
+    with torch.no_grad():
+        saliency, perm, prior_t = _check_mix_inputs(shape, saliency, perm, prior, saliency.device)
+        translations = _check_translations(translations, height, width, "translations").to(saliency.device)
+        if search_size is not None:
+            _checks.check_positive_int("search_size", search_size)
+        if chunk_elements is not None:
+            _checks.check_positive_int("chunk_elements", chunk_elements)
+        return _mixing.plan(
+            saliency, perm, prior_t, translations, search_size=search_size, chunk_elements=chunk_elements
+        )
+
+
+def apply(x: torch.Tensor, *, perm: torch.Tensor, plan: SagePlan) -> torch.Tensor:
+    """Mixed images ``M * x + (1 - M) * T(x[perm], tau)`` (B, C, H, W) of a :func:`plan`, x's dtype."""
+    _check_images(x)
+    batch, _, height, width = x.shape
+    if not isinstance(plan, SagePlan):
+        raise TypeError(f"plan must be a SagePlan (from functional.plan), got {type(plan).__name__}")
+    if plan.mask.shape != (batch, height, width) or plan.translation.shape != (batch, 2):
+        raise ValueError(f"plan was made for masks {tuple(plan.mask.shape)}, not for x {tuple(x.shape)}")
+    perm = _checks.check_permutation("perm", perm, batch).to(x.device)
+    moved = SagePlan(*(t.to(x.device) for t in plan))
+    with torch.no_grad():
+        return _mixing.apply(x.detach(), perm, moved)
 
 
 def sage_mix(
@@ -273,15 +317,10 @@ def sage_mix(
         ValueError: shapes that do not match ``x``, negative/NaN/Inf saliency, ``perm`` not a
             permutation, ``prior`` outside [0, 1], empty or out-of-range ``translations``.
     """
-    _checks.check_tensor("x", x)
-    _checks.check_floating("x", x)
-    if x.ndim != 4:
-        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    _check_images(x)
     batch, _, height, width = x.shape
     with torch.no_grad():
-        saliency = _check_saliency(saliency, x.shape).detach().to(x.device)
-        perm = _checks.check_permutation("perm", perm, batch).to(x.device)
-        prior_t = _check_prior(prior, batch, x.device)
+        saliency, perm, prior_t = _check_mix_inputs(x.shape, saliency, perm, prior, x.device)
         translations = _check_translations(translations, height, width, "translations").to(x.device)
         if search_size is not None:
             _checks.check_positive_int("search_size", search_size)
@@ -299,26 +338,11 @@ def _sage_mix_core(
     search_size: int | None,
     chunk_elements: int | None,
 ) -> SageMixOutput:
-    """:func:`sage_mix` on checked inputs, with no data-dependent Python control flow (compilable).
-
-    ``x`` (B, C, H, W) floating, ``saliency`` (B, H, W), ``perm`` (B,) long, ``prior`` (B,) float32,
-    ``translations`` (K, 2) long, all on x's device. The exact search (``search_size=None``) traces
-    with no graph break; the pooled one breaks once at ``torch.unique``.
-    """
-    s0, s1 = normalise_saliency(saliency, perm, prior)
-    best = _search.best_translation(
-        s0, s1, translations, search_size=search_size, chunk_elements=chunk_elements
+    """:func:`sage_mix` on checked inputs: the core's plan, then apply (compilable, no host reads)."""
+    sage_plan = _mixing.plan(
+        saliency, perm, prior, translations, search_size=search_size, chunk_elements=chunk_elements
     )
-    translation = translations[best]
-    shifted_partner = _search.shift_images(s1[:, None], translation)[:, 0]
-    mask = _search.mixing_mask(s0, shifted_partner)
-    lam = mask.mean((1, 2))
-    partner_images = _search.shift_images(x[perm], translation)
-    work = torch.promote_types(x.dtype, torch.float32)  # float64 images are mixed in float64
-    images = partner_images.to(work).lerp_(x.to(work), mask[:, None].to(work)).to(x.dtype)
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        images = images.contiguous(memory_format=torch.channels_last)
-    return SageMixOutput(images, lam, translation)
+    return SageMixOutput(_mixing.apply(x, perm, sage_plan), sage_plan.lam, sage_plan.translation)
 
 
 def sage_target(
@@ -349,8 +373,7 @@ def sage_target(
     if target.is_floating_point():
         if target.shape != (batch, num_classes):
             raise ValueError(f"soft target must have shape (B, {num_classes}), got {tuple(target.shape)}")
-        one_hot = target.float()
-        _checks.check_finite_nonnegative("target", one_hot)
+        _checks.check_finite_nonnegative("target", target)
     else:
         if target.ndim != 1:
             raise ValueError(
@@ -360,9 +383,10 @@ def sage_target(
             raise ValueError(
                 f"target labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}"
             )
-        off = smoothing / num_classes
-        one_hot = torch.full((batch, num_classes), off, device=target.device)
-        one_hot.scatter_(1, target.long().view(-1, 1), 1.0 - smoothing + off)
-    perm = _checks.check_permutation("perm", perm, batch).to(one_hot.device)
-    lam_t = torch.as_tensor(lam, dtype=torch.float32, device=one_hot.device).reshape(-1, 1)
-    return one_hot * lam_t + one_hot[perm] * (1.0 - lam_t)
+    perm = _checks.check_permutation("perm", perm, batch)
+    lam_t = torch.as_tensor(lam, dtype=torch.float32, device=target.device).reshape(-1)
+    if lam_t.numel() not in (1, batch):
+        raise ValueError(f"lam must be a float or a ({batch},) tensor, got {lam_t.numel()} values")
+    if not bool(((lam_t >= 0) & (lam_t <= 1)).all()):  # NaN fails both comparisons
+        raise ValueError("lam must lie in [0, 1] (and not be NaN) for every image")
+    return _mixing.mix_targets(target, perm, lam_t, num_classes, smoothing)

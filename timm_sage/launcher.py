@@ -29,12 +29,20 @@ __all__ = ["MODULE_NAME", "NotATrainScript", "add_sage_arguments", "load_train_s
 
 MODULE_NAME = "__timm_sage_train__"
 
-USAGE = (
-    "usage: timm-sage-train PATH/TO/train.py [train.py arguments] --mixup 1.0 --mixup-mode sage "
-    "[--sage-upper-lambda X] [--sage-rand-pos X] [--sage-update-ratio X] [--sage-search-size N] "
-    "[--sage-saliency-loss {bce_softmax,cross_entropy}] [--sage-saliency-reduce {mean_abs,l2}] "
-    "[--sage-blur-kernel N] [--sage-blur-sigma X] [--sage-seed N]"
-)
+
+def _usage() -> str:
+    """The usage line, with one ``[--sage-NAME V]`` per option of :data:`timm_sage.plugin.SAGE_OPTIONS`."""
+    flags = []
+    for name, (kind, choices, _) in plugin.SAGE_OPTIONS.items():
+        value = "{" + ",".join(choices) + "}" if choices else ("N" if kind is int else "X")
+        flags.append(f"[--sage-{name.replace('_', '-')} {value}]")
+    return (
+        "usage: timm-sage-train PATH/TO/train.py [train.py arguments] --mixup 1.0 --mixup-mode sage "
+        + " ".join(flags)
+    )
+
+
+USAGE = _usage()
 
 
 def add_sage_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,9 +7,7 @@ the mixer's ``torch.Generator`` and the saliency comes from the bound model at e
 
 from __future__ import annotations
 
-import contextlib
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,20 +17,27 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from timm_sage import _checks, functional
+from timm_sage import functional
+from timm_sage.config import SAGE_DEFAULTS, SageConfig
+from timm_sage.core import checks as _checks
+from timm_sage.core import mixing
+from timm_sage.core.step import SageDraws, sage_step
 from timm_sage.functional import SageParams
 
 __all__ = ["SageMixup", "SageParams", "SageMixRecord", "unwrap_model"]
 
 MODES = ("batch", "pair", "elem", "half", "sage")
+_D = SAGE_DEFAULTS  # the signature's defaults come from SageConfig, written once there
 
 
 @dataclass
 class SageMixRecord:
-    """What the last ``"sage"``-mode call did, for logging and tests.
+    """What the last ``"sage"``-mode call did, for logging and tests (tensors on the batch's device).
 
     ``method`` is ``"sage"``, ``"cutmix"`` or ``"none"``; ``lam`` (B,) float32; ``perm`` (B,) long;
-    ``translation`` (B, 2) long for SAGE (else None); ``saliency`` (B, H, W) float32 for SAGE (else None).
+    ``translation`` (B, 2) long for SAGE (else None); ``saliency`` (B, H, W) float32 for SAGE (else None);
+    ``clean_loss`` 0-dim float32 for SAGE; ``mixed`` 0-dim bool for SAGE (False: the saliency pass was
+    not finite and the batch went through unmixed).
     """
 
     method: str
@@ -40,21 +45,38 @@ class SageMixRecord:
     perm: torch.Tensor
     translation: torch.Tensor | None = None
     saliency: torch.Tensor | None = None
-    clean_loss: float | None = None
+    clean_loss: torch.Tensor | None = None
+    mixed: torch.Tensor | None = None
+
+
+def _known_wrappers() -> tuple[type, ...]:
+    wrappers: list[type] = [nn.parallel.DistributedDataParallel, nn.DataParallel]
+    try:
+        from timm.utils import model_ema
+
+        wrappers += [
+            getattr(model_ema, name)
+            for name in ("ModelEma", "ModelEmaV2", "ModelEmaV3")
+            if hasattr(model_ema, name)
+        ]
+    except ImportError:  # pragma: no cover - timm always has it
+        pass
+    return tuple(wrappers)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel/DataParallel (``.module``), ``torch.compile`` (``._orig_mod``)
-    and EMA wrappers (timm's ``ModelEma*`` keep the averaged copy in ``.module`` / ``.ema``)."""
-    seen = 0
-    while seen < 16:
-        seen += 1
-        if hasattr(model, "_orig_mod"):
+    """The plain module inside known wrappers, matched by type: DistributedDataParallel and DataParallel
+    (``.module``), ``torch.compile``'s OptimizedModule (``._orig_mod``) and timm's ``ModelEma``,
+    ``ModelEmaV2`` and ``ModelEmaV3`` (``.module``). Any other model is returned as it is, even one
+    that owns a submodule called ``module`` or ``ema``."""
+    wrappers = _known_wrappers()
+    compiled = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    optimized = getattr(compiled, "OptimizedModule", None)
+    for _ in range(16):
+        if optimized is not None and isinstance(model, optimized):
             model = model._orig_mod
-        elif isinstance(getattr(model, "module", None), nn.Module):
+        elif isinstance(model, wrappers):
             model = model.module
-        elif isinstance(getattr(model, "ema", None), nn.Module):
-            model = model.ema
         else:
             break
     return model
@@ -74,13 +96,6 @@ def _scale_function(grad_scaler: Any) -> Callable[[torch.Tensor], torch.Tensor] 
     )
 
 
-def _uses_channels_last(model: nn.Module) -> bool:
-    for param in model.parameters():
-        if param.ndim == 4:
-            return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
-    return False
-
-
 class SageMixup(Mixup):
     """Drop-in for ``timm.data.Mixup`` with ``mode="sage"`` (SAGE.md).
 
@@ -88,25 +103,31 @@ class SageMixup(Mixup):
     mixup (``mixup_alpha`` is the Beta parameter of the prior); with ``cutmix_alpha > 0`` too,
     ``switch_prob`` picks CutMix or SAGE per batch, as timm picks CutMix or mixup.
 
-    SAGE options:
+    The SAGE options are those of :class:`timm_sage.SageConfig` (``upper_lambda``, ``rand_pos``,
+    ``update_ratio``, ``search_size``, ``saliency_loss``, ``saliency_reduce``, ``blur_kernel``,
+    ``blur_sigma``, ``saliency_scale``, ``rearrangement``), as keywords or as ``config=SageConfig(...)``;
+    they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
+
+    ``update_ratio`` r trains on the paper's loss ``(1 - r) * l_clean + r * l_mixed`` with no lr change:
+    the saliency pass adds ``(1 - r) * d l_clean / d params`` to ``.grad``, and the caller's mixed loss
+    takes the weight :attr:`loss_weight`::
+
+        x, soft_target = mixup_fn(x, y)
+        loss = criterion(model(x), soft_target) * mixup_fn.loss_weight
+
+    Other options:
         model: the live model (or bind later with :meth:`bind`); saliency is recomputed from it at
-            every call. DDP, ``torch.compile`` and EMA wrappers are unwrapped.
-        upper_lambda: the prior is ``Beta(mixup_alpha, mixup_alpha) * upper_lambda``.
-        rand_pos: fraction of all translations evaluated per batch (SAGE.md section 3).
-        update_ratio: ``r`` of SAGE.md section 5. With ``r < 1`` the clean loss's parameter gradient
-            is kept, with weight ``(1 - r) / r`` (the caller's mixed loss has weight 1), so the update
-            direction equals the reference's and its size is ``1 / r`` times larger: use
-            ``lr = r * reference_lr`` to match the reference exactly.
-        saliency_loss, saliency_reduce, blur_kernel, blur_sigma: see
-            :func:`timm_sage.functional.saliency_pass`.
-        search_size: pooled search for large images (see :func:`timm_sage.functional.sage_mix`).
-        saliency_scale: cheap saliency, the saliency pass on the batch resized by this factor in
-            (0, 1] (see :func:`timm_sage.functional.saliency_pass`, ``scale``).
-        rearrangement: ``"search"`` (paper), or the ablations ``"none"`` (zero shift only) and
-            ``"random"`` (one random shift); see :func:`timm_sage.functional.sample_sage_params`.
-        seed / generator: source of every SAGE-mode random draw.
+            every call. DDP, DataParallel, ``torch.compile`` and timm EMA wrappers are unwrapped.
+        seed / generator: source of every SAGE-mode random draw (a torch generator for the
+            permutation and candidates, a numpy generator seeded from it for the Beta and coin draws).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
         grad_scaler: a ``GradScaler`` or timm ``NativeScaler``: scales the clean gradient when ``r < 1``.
+
+    A sage-mode call with a bound model reads no device value back to the host after its first call
+    (which checks the labels once): the non-finite saliency fallback is decided on the device. On it,
+    the batch goes through unmixed (``last.mixed`` is False, ``lam`` 1), no clean gradient is added,
+    :attr:`loss_weight` is 1 and :attr:`skipped_batches` (a device tensor) counts it. Without a bound
+    model (``saliency=`` given) every value is checked at every call.
     """
 
     def __init__(
@@ -123,24 +144,29 @@ class SageMixup(Mixup):
         multi_label: bool = False,
         *,
         model: nn.Module | None = None,
-        upper_lambda: float = 0.6,
-        rand_pos: float = 0.01,
-        update_ratio: float = 1.0,
-        saliency_loss: str = "bce_softmax",
-        saliency_reduce: str = "mean_abs",
-        blur_kernel: int = 5,
-        blur_sigma: float = 1.0,
-        search_size: int | None = None,
-        saliency_scale: float = 1.0,
-        rearrangement: str = "search",
+        config: SageConfig | None = None,
+        upper_lambda: float = _D.upper_lambda,
+        rand_pos: float = _D.rand_pos,
+        update_ratio: float = _D.update_ratio,
+        search_size: int | None = _D.search_size,
+        saliency_loss: str = _D.saliency_loss,
+        saliency_reduce: str = _D.saliency_reduce,
+        blur_kernel: int = _D.blur_kernel,
+        blur_sigma: float = _D.blur_sigma,
+        saliency_scale: float = _D.saliency_scale,
+        rearrangement: str = _D.rearrangement,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         amp_dtype: torch.dtype | None = None,
         grad_scaler: Any = None,
     ) -> None:
         _checks.check_choice("mode", mode, MODES)
-        if cutmix_minmax is not None and len(cutmix_minmax) != 2:
-            raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+        if cutmix_minmax is not None:
+            if len(cutmix_minmax) != 2:
+                raise ValueError(f"cutmix_minmax must be (min, max), got {cutmix_minmax!r}")
+            low, high = (_checks.check_fraction("cutmix_minmax", v) for v in cutmix_minmax)
+            if not low < high:
+                raise ValueError(f"cutmix_minmax must have min < max, got {tuple(cutmix_minmax)}")
         super().__init__(
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,
@@ -162,20 +188,20 @@ class SageMixup(Mixup):
             raise ValueError(
                 "mixup_alpha must be > 0 with mode='sage': it is the Beta parameter of SAGE's prior"
             )
-        self.upper_lambda = _checks.check_fraction("upper_lambda", upper_lambda)
-        self.rand_pos = _checks.check_fraction("rand_pos", rand_pos, open_low=True)
-        self.update_ratio = _checks.check_fraction("update_ratio", update_ratio, open_low=True)
-        self.saliency_loss = _checks.check_choice("saliency_loss", saliency_loss, functional.SALIENCY_LOSSES)
-        self.saliency_reduce = _checks.check_choice(
-            "saliency_reduce", saliency_reduce, functional.SALIENCY_REDUCTIONS
-        )
-        self.blur_kernel = _checks.check_positive_int("blur_kernel", blur_kernel)
-        self.blur_sigma = _checks.check_fraction("blur_sigma", blur_sigma, high=math.inf, open_low=True)
-        self.search_size = (
-            None if search_size is None else _checks.check_positive_int("search_size", search_size)
-        )
-        self.saliency_scale = _checks.check_fraction("saliency_scale", saliency_scale, open_low=True)
-        self.rearrangement = _checks.check_choice("rearrangement", rearrangement, functional.REARRANGEMENTS)
+        keywords = dict(
+            upper_lambda=upper_lambda, rand_pos=rand_pos, update_ratio=update_ratio, search_size=search_size,
+            saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
+            blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
+        )  # fmt: skip
+        if config is None:
+            config = SageConfig(**keywords)
+        elif not isinstance(config, SageConfig):
+            raise TypeError(f"config must be a SageConfig, got {type(config).__name__}")
+        elif any(keywords[name] != getattr(_D, name) for name in keywords):
+            raise ValueError(
+                "pass the SAGE options either as config=SageConfig(...) or as keywords, not both"
+            )
+        self.config = config
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(f"amp_dtype must be a torch.dtype or None, got {type(amp_dtype).__name__}")
         self.amp_dtype = amp_dtype
@@ -189,12 +215,23 @@ class SageMixup(Mixup):
         elif seed is not None:
             raise ValueError("pass either seed or generator, not both")
         self.generator = generator
+        # Host-side draws (coin flips, Beta, CutMix boxes) from numpy, seeded once from the generator's
+        # seed: drawing them never reads a tensor back.
+        self.host_rng = np.random.default_rng([generator.initial_seed(), 0x5A6E])
         self._scale = _scale_function(grad_scaler)
         self.model: nn.Module | None = None
         if model is not None:
             self.bind(model, grad_scaler=grad_scaler)
         self.last: SageMixRecord | None = None
-        self.skipped_batches = 0
+        self._values_checked = False
+        self.loss_weight: float | torch.Tensor = 1.0
+        self.skipped_batches: int | torch.Tensor = 0
+
+    def __getattr__(self, name: str) -> Any:
+        # SAGE options read back as attributes (mixer.upper_lambda), from the one config.
+        if name != "config" and name in SageConfig.names() and "config" in self.__dict__:
+            return getattr(self.__dict__["config"], name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, model: nn.Module, *, grad_scaler: Any = None) -> SageMixup:
@@ -208,14 +245,17 @@ class SageMixup(Mixup):
 
     @property
     def clean_grad_weight(self) -> float:
-        """Weight ``(1 - r) / r`` of the clean loss's parameter gradient (0 with ``r == 1``)."""
-        return (1.0 - self.update_ratio) / self.update_ratio
+        """Weight ``1 - r`` of the clean loss's parameter gradient (0 with ``r == 1``)."""
+        return 1.0 - self.config.update_ratio
 
-    # -- random draws --------------------------------------------------------------------------
-    def _numpy_rng(self) -> np.random.Generator:
-        # One 63-bit seed from the torch generator drives the numpy draws (Beta, box) of this call.
-        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=self.generator))
-        return np.random.default_rng(seed)
+    # -- random draws and their state ------------------------------------------------------------
+    def rng_state(self) -> dict[str, Any]:
+        """Both generators' states (a uint8 tensor and plain ints): checkpoint-safe under weights_only."""
+        return {"generator": self.generator.get_state(), "host": self.host_rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.host_rng.bit_generator.state = state["host"]
 
     def draw_sage_params(
         self, batch: int, height: int, width: int, rng: np.random.Generator | None = None
@@ -226,12 +266,12 @@ class SageMixup(Mixup):
             height,
             width,
             alpha=self.mixup_alpha,
-            upper_lambda=self.upper_lambda,
-            rand_pos=self.rand_pos,
+            upper_lambda=self.config.upper_lambda,
+            rand_pos=self.config.rand_pos,
             generator=self.generator,
-            search_size=self.search_size,
-            rng=rng if rng is not None else self._numpy_rng(),
-            rearrangement=self.rearrangement,
+            search_size=self.config.search_size,
+            rng=rng if rng is not None else self.host_rng,
+            rearrangement=self.config.rearrangement,
         )
 
     # -- the call ------------------------------------------------------------------------------
@@ -239,8 +279,11 @@ class SageMixup(Mixup):
         """Mix a batch: ``x`` (B, C, H, W) float, ``target`` (B,) labels -> (x, soft target (B, C)).
 
         In timm's modes this is timm's ``Mixup.__call__`` (mixing ``x`` in place). In ``"sage"`` mode
-        the mixed images are a new tensor; ``saliency`` (B, H, W) may be given instead of a bound model.
+        the mixed images are a new tensor; ``saliency`` (B, H, W) may be given instead of a bound model
+        (then it is checked, and :attr:`loss_weight` is 1: no clean pass ran). After every call
+        :attr:`loss_weight` is the weight the caller's loss on the returned batch must take.
         """
+        self.loss_weight = 1.0
         if self.mode != "sage":
             return super().__call__(x, target)
         _checks.check_tensor("x", x)
@@ -248,55 +291,112 @@ class SageMixup(Mixup):
         if x.ndim != 4:
             raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
         batch = x.shape[0]
-        rng = self._numpy_rng()
+        if batch == 0:
+            raise ValueError("x is an empty batch (B = 0); there is nothing to mix")
+        rng = self.host_rng
         use_mixing = self.mixup_enabled and rng.random() < self.mix_prob
         use_cutmix = (
             use_mixing
             and self.cutmix_alpha > 0
             and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
         )
-        identity = torch.arange(batch)
+        # A mixer bound to a live model is the training hot path: shapes and dtypes are checked, values
+        # are not (no host reads). Without one (saliency given, a data pipeline) every value is checked.
+        checked = self.model is None or saliency is not None
         if not use_mixing:
-            self.last = SageMixRecord("none", torch.ones(batch), identity)
-            return x, self._target(target, identity, torch.ones(batch))
+            identity = torch.arange(batch, device=x.device)
+            ones = torch.ones(batch, device=x.device)
+            self.last = SageMixRecord("none", ones, identity)
+            return x, self._target(target, identity, ones, checked)
         if use_cutmix:
-            return self._cutmix(x, target, rng)
-        params = self.draw_sage_params(batch, x.shape[-2], x.shape[-1], rng)
-        clean_loss = None
-        if saliency is None:
-            saliency, clean_loss = self._live_saliency(x, target)
-            if saliency is None:
-                self.skipped_batches += 1
-                warnings.warn(
-                    "SAGE: the saliency pass gave a non-finite loss or gradient; this batch is not mixed",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.last = SageMixRecord("none", torch.ones(batch), identity, clean_loss=clean_loss)
-                return x, self._target(target, identity, torch.ones(batch))
-        out = functional.sage_mix(
-            x,
-            saliency,
-            perm=params.perm,
-            prior=params.prior,
-            translations=params.translations,
-            search_size=self.search_size,
+            return self._cutmix(x, target, rng, checked)
+        draws = self.draw_sage_params(batch, x.shape[-2], x.shape[-1], rng)
+        if saliency is not None:
+            out = functional.sage_mix(
+                x, saliency, perm=draws.perm, prior=draws.prior, translations=draws.translations,
+                search_size=self.config.search_size,
+            )  # fmt: skip
+            perm = draws.perm.to(x.device)
+            self.last = SageMixRecord("sage", out.lam, perm, out.translation, saliency)
+            return out.images, self._target(target, perm, out.lam, checked)
+        if self.model is None:
+            raise ValueError(
+                "SageMixup(mode='sage') needs the live model: pass model=... or call .bind(model), "
+                "or pass saliency=... to the call"
+            )
+        self.config.check_image_size(x.shape[-2], x.shape[-1])
+        dense = self._shaped_target(target, batch)
+        if not self._values_checked:
+            # The first call checks the values once (labels against num_classes, soft targets), so a
+            # misconfigured run fails at once with a clear error; later calls read nothing back.
+            functional.sage_target(
+                dense, perm=torch.arange(batch, device=dense.device), lam=1.0, num_classes=self.num_classes
+            )
+            if (
+                self.config.saliency_loss == "bce_softmax"
+                and dense.is_floating_point()
+                and bool((dense > 1).any())
+            ):
+                raise ValueError("soft target values must lie in [0, 1] for saliency_loss='bce_softmax'")
+            self._values_checked = True
+        result = sage_step(
+            self.model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
+            label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
+            amp_dtype=self.amp_dtype, backward_scale=self._scale,
+        )  # fmt: skip
+        self.skipped_batches = self.skipped_batches + (~result.mixed).long()
+        self.loss_weight = result.loss_weight
+        self.last = SageMixRecord(
+            "sage",
+            result.lam,
+            result.perm,
+            result.translation,
+            result.saliency,
+            result.clean_loss,
+            result.mixed,
         )
-        self.last = SageMixRecord("sage", out.lam, params.perm, out.translation, saliency, clean_loss)
-        return out.images, self._target(target, params.perm, out.lam)
+        return result.images, result.target
 
-    def _target(self, target: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-        lam = lam.to(target.device)
+    def _shaped_target(self, target: torch.Tensor, batch: int) -> torch.Tensor:
+        """(B,) labels, or (B, num_classes) soft targets used as given; multi-label targets become smoothed
+        dense rows as timm's Mixup makes them. Metadata checks only."""
+        _checks.check_tensor("target", target)
         if self.multi_label:
-            if target.ndim != 2 or target.shape[1] != self.num_classes:
-                raise ValueError(f"multi_label targets must have shape (B, {self.num_classes})")
-            dense = target.float() * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-            return functional.sage_target(dense, perm=perm, lam=lam, num_classes=self.num_classes)
-        return functional.sage_target(
-            target, perm=perm, lam=lam, num_classes=self.num_classes, label_smoothing=self.label_smoothing
+            if target.shape != (batch, self.num_classes):
+                raise ValueError(f"multi_label targets must have shape ({batch}, {self.num_classes})")
+            return target.float() * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        if target.is_floating_point():
+            if target.shape != (batch, self.num_classes):
+                raise ValueError(
+                    f"soft target must have shape ({batch}, {self.num_classes}), got {tuple(target.shape)}"
+                )
+        elif target.shape != (batch,):
+            raise ValueError(
+                f"target must be ({batch},) labels or ({batch}, {self.num_classes}) soft targets, "
+                f"got {tuple(target.shape)}"
+            )
+        return target
+
+    def _target(
+        self, target: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor, checked: bool
+    ) -> torch.Tensor:
+        """Soft targets of a mix: checked (:func:`timm_sage.functional.sage_target`) or, on the hot path,
+        the kernel alone."""
+        dense = self._shaped_target(target, perm.shape[0])
+        smoothing = 0.0 if dense.is_floating_point() else self.label_smoothing
+        if checked:
+            return functional.sage_target(
+                dense,
+                perm=perm,
+                lam=lam.to(dense.device),
+                num_classes=self.num_classes,
+                label_smoothing=smoothing,
+            )
+        return mixing.mix_targets(
+            dense, perm.to(dense.device), lam.to(dense.device), self.num_classes, smoothing
         )
 
-    def _cutmix(self, x: torch.Tensor, target: torch.Tensor, rng: np.random.Generator):
+    def _cutmix(self, x: torch.Tensor, target: torch.Tensor, rng: np.random.Generator, checked: bool):
         """timm's batch-mode CutMix (partner = flipped batch), with draws from this mixer's generator."""
         batch, _, height, width = x.shape
         if self.cutmix_minmax is not None:
@@ -314,53 +414,17 @@ class SageMixup(Mixup):
             left, right = np.clip([cx - cut_w // 2, cx + (cut_w + 1) // 2], 0, width)
         if self.correct_lam or self.cutmix_minmax is not None:
             lam = 1.0 - (bottom - top) * (right - left) / float(height * width)
-        perm = torch.arange(batch - 1, -1, -1)
+        perm = torch.arange(batch - 1, -1, -1, device=x.device)
         mixed = x.clone()
         mixed[:, :, top:bottom, left:right] = x.flip(0)[:, :, top:bottom, left:right]
-        lam_t = torch.full((batch,), float(lam))
+        lam_t = torch.full((batch,), float(lam), device=x.device)
         self.last = SageMixRecord("cutmix", lam_t, perm)
-        return mixed, self._target(target, perm, lam_t)
-
-    # -- model in the loop ---------------------------------------------------------------------
-    def _live_saliency(
-        self, x: torch.Tensor, target: torch.Tensor
-    ) -> tuple[torch.Tensor | None, float | None]:
-        if self.model is None:
-            raise ValueError(
-                "SageMixup(mode='sage') needs the live model: pass model=... or call .bind(model), "
-                "or pass saliency=... to the call"
-            )
-        model = self.model
-        inputs = x.contiguous(memory_format=torch.channels_last) if _uses_channels_last(model) else x
-        autocast = (
-            torch.autocast(device_type=x.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        weight = self.clean_grad_weight
-        with autocast:
-            result = functional.saliency_pass(
-                model,
-                inputs,
-                target,
-                loss=self.saliency_loss,
-                reduce=self.saliency_reduce,
-                blur_kernel=self.blur_kernel,
-                blur_sigma=self.blur_sigma,
-                param_grad_weight=weight,
-                backward_scale=self._scale if weight > 0 else None,
-                scale=self.saliency_scale,
-            )
-        loss = float(result.loss)
-        if not math.isfinite(loss) or not bool(torch.isfinite(result.saliency).all()):
-            return None, loss
-        return result.saliency, loss
+        return mixed, self._target(target, perm, lam_t, checked)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(mode={self.mode!r}, mixup_alpha={self.mixup_alpha}, "
             f"cutmix_alpha={self.cutmix_alpha}, prob={self.mix_prob}, switch_prob={self.switch_prob}, "
-            f"upper_lambda={self.upper_lambda}, rand_pos={self.rand_pos}, update_ratio={self.update_ratio}, "
-            f"search_size={self.search_size}, label_smoothing={self.label_smoothing}, "
-            f"num_classes={self.num_classes}, bound={self.model is not None})"
+            f"label_smoothing={self.label_smoothing}, num_classes={self.num_classes}, "
+            f"config={self.config!r}, bound={self.model is not None})"
         )

@@ -62,6 +62,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from timm_sage.config import SageConfig, option_infos
 from timm_sage.mixup import SageMixup
 
 __all__ = [
@@ -80,19 +81,11 @@ _logger = logging.getLogger(__name__)
 STATE_KEY = "__timm_sage_plugin__"
 
 # option name (SageMixup keyword) -> (argparse type, choices, help); on args as ``sage_<name>``.
+# Every SageConfig option (its help and default), plus the mixer's seed.
 SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]] = {
-    "upper_lambda": (float, None, "prior = Beta(mixup, mixup) * upper_lambda (SAGE default 0.6)"),
-    "rand_pos": (float, None, "fraction of all translations searched per batch (default 0.01)"),
-    "update_ratio": (float, None, "r: clean-loss gradient kept with weight (1 - r) / r (default 1: none)"),
-    "search_size": (int, None, "search on saliency maps pooled to at most this size (default: exact)"),
-    "saliency_loss": (str, ("bce_softmax", "cross_entropy"), "loss of the saliency pass"),
-    "saliency_reduce": (str, ("mean_abs", "l2"), "channel reduction of the input gradient"),
-    "blur_kernel": (int, None, "Gaussian blur kernel of the saliency maps (default 5)"),
-    "blur_sigma": (float, None, "Gaussian blur sigma (default 1.0)"),
-    "saliency_scale": (float, None, "cheap saliency: run the saliency pass on the batch resized by this"),
-    "rearrangement": (str, ("search", "none", "random"), "partner placement: search (paper) or an ablation"),
-    "seed": (int, None, "seed of SAGE's random draws (default: torch.initial_seed())"),
+    info.name: (info.kind, info.choices, f"{info.help} (default {info.default})") for info in option_infos()
 }
+SAGE_OPTIONS["seed"] = (int, None, "seed of SAGE's random draws (default: torch.initial_seed())")
 
 _current: PluginState | None = None
 
@@ -109,6 +102,14 @@ class PluginState:
     mixers: list[PluginSageMixup] = field(default_factory=list)
     loaders: list[DeviceMixLoader] = field(default_factory=list)
     originals: dict[str, Any] = field(default_factory=dict)
+    task_seen: bool = False
+    # The weight (r, as a device tensor) that the next task loss takes, set by a SAGE call with r < 1.
+    pending_loss_weight: torch.Tensor | None = None
+
+    def take_loss_weight(self) -> torch.Tensor | None:
+        """The pending mixed-loss weight, once: the task wrapper applies it to the batch's loss."""
+        weight, self.pending_loss_weight = self.pending_loss_weight, None
+        return weight
 
     def set_model(self, model: Any, *, replace: bool) -> None:
         """Record the training model (``replace``: a task's model wins over an optimizer's argument)."""
@@ -144,7 +145,16 @@ class PluginSageMixup(SageMixup):
                     "plugin.current_state().set_model(model, replace=True)"
                 )
             self.bind(state.model, grad_scaler=state.grad_scaler)
-        return super().__call__(x, target, saliency)
+        if state is not None and self.mode == "sage" and self.config.update_ratio < 1 and not state.task_seen:
+            raise RuntimeError(
+                "timm_sage.plugin: sage_update_ratio < 1 weights train.py's mixed loss by r inside timm's "
+                "training task (ClassificationTask), and this script computes its loss without one (an "
+                "older train.py); use sage_update_ratio 1, or a train.py that builds a task"
+            )
+        out = super().__call__(x, target, saliency)
+        if state is not None and isinstance(self.loss_weight, torch.Tensor) and self.config.update_ratio < 1:
+            state.pending_loss_weight = self.loss_weight
+        return out
 
 
 class DeferredSageCollate:
@@ -241,6 +251,9 @@ def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
         if choices is not None and value not in choices:
             raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
         options[name] = value
+    SageConfig.from_mapping(
+        {f"sage_{k}": v for k, v in options.items() if k in SageConfig.names()}, prefix="sage_", source="args"
+    )  # every rule checked once, here, with errors naming the sage_* key
     if getattr(args, "amp", False) and getattr(args, "amp_impl", "native") != "apex":
         low_precision = getattr(args, "amp_dtype", "float16")
         options["amp_dtype"] = torch.bfloat16 if low_precision == "bfloat16" else torch.float16
@@ -275,9 +288,20 @@ def _patch_tasks(state: PluginState) -> None:
 
         def __init__(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> None:
             _base.__init__(self, *args, **kwargs)
+            state.task_seen = True
             state.set_model(_model_argument(args, kwargs), replace=True)
 
-        patched = type(value.__name__, (value,), {"__init__": __init__, "__module__": value.__module__})
+        def forward(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> Any:
+            # The paper's loss (1 - r) * l_clean + r * l_mixed: the clean part is already in .grad (the
+            # SAGE step), the mixed loss of this batch takes weight r here, so train.py needs no change.
+            result = _base.forward(self, *args, **kwargs)
+            weight = state.take_loss_weight()
+            if weight is not None and isinstance(result, dict) and "loss" in result:
+                result = {**result, "loss": result["loss"] * weight}
+            return result
+
+        namespace = {"__init__": __init__, "forward": forward, "__module__": value.__module__}
+        patched = type(value.__name__, (value,), namespace)
         patched.__qualname__ = value.__qualname__
         state.originals[name] = value
         state.namespace[name] = patched

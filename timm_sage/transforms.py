@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,7 +21,12 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
 from torchvision.transforms.v2._utils import _parse_labels_getter, has_any, is_pure_tensor, query_size
 
-from timm_sage import _checks, _search, functional
+from timm_sage import functional
+from timm_sage.config import SageConfig
+from timm_sage.core import checks as _checks
+from timm_sage.core import mixing
+from timm_sage.core.mixing import SagePlan
+from timm_sage.core.saliency import compute_saliency
 from timm_sage.mixup import unwrap_model
 
 __all__ = ["SAGE"]
@@ -52,6 +56,21 @@ def _default_saliency_getter(inputs: Any) -> torch.Tensor | None:
     return None
 
 
+def _transform_config(config: SageConfig | None, options: dict[str, Any]) -> SageConfig:
+    """The transforms' SageConfig: a given one, or built from keywords; ``update_ratio`` stays 1 (no loss)."""
+    if config is None:
+        config = SageConfig(**options)
+    elif not isinstance(config, SageConfig):
+        raise TypeError(f"config must be a SageConfig, got {type(config).__name__}")
+    elif options:
+        raise ValueError(
+            f"pass the SAGE options either as config or as keywords, not both: {sorted(options)}"
+        )
+    if config.update_ratio != 1.0:
+        raise ValueError("update_ratio weights a training loss; a transform has none: leave it at 1")
+    return config
+
+
 class SAGE(Transform):
     """Saliency-guided mixup with optimal rearrangements (SAGE.md) on a batch, like ``v2.MixUp``.
 
@@ -67,45 +86,42 @@ class SAGE(Transform):
         * the bound model (``model=...`` or :meth:`bind`): one forward/backward of the clean batch
           per call (:func:`timm_sage.functional.saliency_pass`), in whatever mode the model is in.
 
+    The plan (translation, mask and label share per image) is computed once per call, by
+    :meth:`plan`, and applied once to each input by :meth:`transform`.
+
     Args:
         alpha: Beta parameter of the prior; ``prior = Beta(alpha, alpha) * upper_lambda``.
-        upper_lambda: cap of the anchor's prior share, in [0, 1].
-        rand_pos: fraction of all translations evaluated per batch, in (0, 1].
-        search_size: pooled search for large images (see :func:`timm_sage.functional.sage_mix`).
         num_classes: required for integer labels, as in ``v2.MixUp``.
         labels_getter: ``"default"`` or a callable, as in ``v2.MixUp``.
         saliency_getter: ``"default"`` or a callable returning the (B, H, W) maps or None.
         model: live model for saliency; DDP / compile / EMA wrappers are unwrapped. Not a submodule.
-        saliency_loss, saliency_reduce, blur_kernel, blur_sigma: options of the saliency pass.
         seed / generator: source of every random draw (a fresh seed when neither is given). In
             DataLoader workers the generator is reseeded from the worker's seed so workers differ.
+        config / **sage_options: the SAGE options, a :class:`timm_sage.SageConfig` or its fields as
+            keywords (``upper_lambda``, ``rand_pos``, ``search_size``, ``saliency_loss``,
+            ``saliency_reduce``, ``blur_kernel``, ``blur_sigma``, ``saliency_scale``,
+            ``rearrangement``). ``update_ratio`` belongs to training and must stay 1 here.
+
+    A non-finite saliency pass of the bound model leaves the batch unmixed (mask 1, lam 1), decided on
+    the device; :attr:`skipped_batches` counts such batches.
     """
 
     def __init__(
         self,
         *,
         alpha: float = 1.0,
-        upper_lambda: float = 0.6,
-        rand_pos: float = 0.01,
-        search_size: int | None = None,
         num_classes: int | None = None,
         labels_getter: Any = "default",
         saliency_getter: Callable[[Any], torch.Tensor | None] | str = "default",
         model: nn.Module | None = None,
-        saliency_loss: str = "bce_softmax",
-        saliency_reduce: str = "mean_abs",
-        blur_kernel: int = 5,
-        blur_sigma: float = 1.0,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        config: SageConfig | None = None,
+        **sage_options: Any,
     ) -> None:
         super().__init__()
         self.alpha = _checks.check_fraction("alpha", alpha, high=math.inf, open_low=True)
-        self.upper_lambda = _checks.check_fraction("upper_lambda", upper_lambda)
-        self.rand_pos = _checks.check_fraction("rand_pos", rand_pos, open_low=True)
-        self.search_size = (
-            None if search_size is None else _checks.check_positive_int("search_size", search_size)
-        )
+        self.config = _transform_config(config, sage_options)
         self.num_classes = (
             None if num_classes is None else _checks.check_positive_int("num_classes", num_classes)
         )
@@ -117,12 +133,7 @@ class SAGE(Transform):
                 f"saliency_getter must be 'default' or a callable, got {type(saliency_getter).__name__}"
             )
         self._saliency_getter = saliency_getter
-        self.saliency_loss = _checks.check_choice("saliency_loss", saliency_loss, functional.SALIENCY_LOSSES)
-        self.saliency_reduce = _checks.check_choice(
-            "saliency_reduce", saliency_reduce, functional.SALIENCY_REDUCTIONS
-        )
-        self.blur_kernel = _checks.check_positive_int("blur_kernel", blur_kernel)
-        self.blur_sigma = _checks.check_fraction("blur_sigma", blur_sigma, high=math.inf, open_low=True)
+        self.skipped_batches: int | torch.Tensor = 0
         _checks.check_generator("generator", generator)
         if generator is not None and seed is not None:
             raise ValueError("pass either seed or generator, not both")
@@ -180,10 +191,11 @@ class SAGE(Transform):
             height,
             width,
             alpha=self.alpha,
-            upper_lambda=self.upper_lambda,
-            rand_pos=self.rand_pos,
+            upper_lambda=self.config.upper_lambda,
+            rand_pos=self.config.rand_pos,
             generator=self.generator,
-            search_size=self.search_size,
+            search_size=self.config.search_size,
+            rearrangement=self.config.rearrangement,
         )
         return params._asdict()
 
@@ -246,105 +258,88 @@ class SAGE(Transform):
         saliency: torch.Tensor | None,
         params: dict[str, Any],
     ) -> dict[str, Any]:
-        """Search the translations and build the masks for drawn ``params``.
+        """Search the translations and build masks and label shares for drawn ``params``, once.
 
         Args:
             images: (B, C, H, W) anchor batch (used for the model's saliency pass and the device).
             labels: (B,) or (B, num_classes) labels, the saliency pass's target.
-            saliency: (B, H, W) / (B, 1, H, W) maps, or None to use the bound model.
-            params: from :meth:`make_params`; its ``perm`` may be replaced by the identity when the
-                model's saliency is not finite (the batch is then left unmixed, with a warning).
+            saliency: (B, H, W) / (B, 1, H, W) maps (checked), or None to use the bound model.
+            params: from :meth:`make_params`.
 
         Returns:
-            ``{"perm", "saliency" (B, H, W) float32, "translation" (B, 2) long, "mask" (B, H, W) float32,
-            "lam" (B,) float32}``, on the images' device.
+            ``{"perm" (B,) long, "saliency" (B, H, W) float32, "plan": SagePlan}`` with the plan's
+            ``translation`` (B, 2) long, ``mask`` (B, H, W) float32 and ``lam`` (B,) float32 also under
+            their own keys; all on the images' device.
         """
         plain = images.as_subclass(torch.Tensor)
         device = plain.device
-        batch = plain.shape[0]
         perm = params["perm"].to(device)
         if saliency is None:
-            saliency = self._model_saliency(plain, labels)
-            if saliency is None:
-                identity = torch.arange(batch, device=device)
-                ones = torch.ones(batch, *plain.shape[-2:], device=device)
-                zeros = torch.zeros(batch, 2, dtype=torch.long, device=device)
-                return {
-                    "perm": identity,
-                    "saliency": ones,
-                    "translation": zeros,
-                    "mask": ones,
-                    "lam": ones[:, 0, 0],
-                }
-        _checks.check_tensor("saliency", saliency)
-        saliency = saliency.as_subclass(torch.Tensor).detach().to(device)
-        floating = plain if plain.is_floating_point() else plain.float()
-        out = functional.sage_mix(
-            floating,
-            saliency,
-            perm=perm,
-            prior=params["prior"],
-            translations=params["translations"],
-            search_size=self.search_size,
-        )
-        maps = saliency[:, 0] if saliency.ndim == 4 else saliency
-        mask = functional.mixing_mask(maps, perm=perm, prior=params["prior"], translation=out.translation)
-        return {
-            "perm": perm,
-            "saliency": maps.float(),
-            "translation": out.translation,
-            "mask": mask,
-            "lam": out.lam,
-        }
+            maps, finite = self._model_saliency(plain, labels)
+            prior = torch.full((plain.shape[0],), float(params["prior"]), device=device)
+            found = mixing.plan(
+                torch.where(finite, maps, 1.0), perm, prior, params["translations"].to(device),
+                search_size=self.config.search_size,
+            )  # fmt: skip
+            # A non-finite pass leaves the batch unmixed: mask and lam 1, decided on the device.
+            sage_plan = SagePlan(
+                found.translation, torch.where(finite, found.mask, 1.0), torch.where(finite, found.lam, 1.0)
+            )
+            self.skipped_batches = self.skipped_batches + (~finite).long()
+        else:
+            _checks.check_tensor("saliency", saliency)
+            saliency = saliency.as_subclass(torch.Tensor).detach().to(device)
+            functional.check_saliency(saliency, plain.shape)  # against the images, before the search
+            maps = (saliency[:, 0] if saliency.ndim == 4 else saliency).float()
+            sage_plan = functional.plan(
+                saliency, perm=perm, prior=params["prior"], translations=params["translations"],
+                search_size=self.config.search_size,
+            )  # fmt: skip
+        return {"perm": perm, "saliency": maps, "plan": sage_plan, **sage_plan._asdict()}
 
-    def _model_saliency(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+    def _model_saliency(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self._model is None:
             raise ValueError(
                 f"{type(self).__name__}() needs saliency: bind the live model (model=... or .bind(model)) "
                 "or pass it with the batch ((images, labels, saliency) or a dict with a 'saliency' key)"
             )
-        result = functional.saliency_pass(
-            self._model,
-            images,
-            labels.to(images.device),
-            loss=self.saliency_loss,
-            reduce=self.saliency_reduce,
-            blur_kernel=self.blur_kernel,
-            blur_sigma=self.blur_sigma,
-        )
-        if not bool(torch.isfinite(result.saliency).all()):
-            warnings.warn(
-                "SAGE: the saliency pass gave a non-finite loss or gradient; this batch is not mixed",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return None
-        return result.saliency
+        self.config.check_image_size(*images.shape[-2:])
+        result = compute_saliency(
+            self._model, images if images.is_floating_point() else images.float(), labels.to(images.device),
+            loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
+            blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
+            backward_scale=None, scale=self.config.saliency_scale,
+        )  # fmt: skip
+        return result.saliency, result.finite
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        """Mix one input with ``params`` from :meth:`make_params` + :meth:`plan`: images or labels."""
+        """Apply the plan of :meth:`plan` to one input: images (mixed once) or labels (soft targets)."""
         if inpt is params["labels"]:
             num_classes = self.num_classes if inpt.ndim == 1 else inpt.shape[-1]
-            lam = params["lam"].to(inpt.device)
             mixed = functional.sage_target(
-                inpt, perm=params["perm"].to(inpt.device), lam=lam, num_classes=num_classes
+                inpt,
+                perm=params["perm"].to(inpt.device),
+                lam=params["lam"].to(inpt.device),
+                num_classes=num_classes,
             )
             return mixed.to(inpt.dtype) if inpt.is_floating_point() else mixed
         if isinstance(inpt, tv_tensors.Image) or is_pure_tensor(inpt):
             self._check_image(inpt, batch_size=params["batch_size"])
-            plain = inpt.as_subclass(torch.Tensor)
-            partner = _search.shift_images(plain.detach()[params["perm"]], params["translation"])
-            mixed = partner.float().lerp_(plain.detach().float(), params["mask"][:, None].to(plain.device))
+            plain = inpt.as_subclass(torch.Tensor).detach()
+            sage_plan = SagePlan(*(t.to(plain.device) for t in params["plan"]))
             if plain.is_floating_point():
-                mixed = mixed.to(plain.dtype)
+                mixed = mixing.apply(plain, params["perm"].to(plain.device), sage_plan)
             else:
                 info = torch.iinfo(plain.dtype)
+                mixed = mixing.apply(plain.float(), params["perm"].to(plain.device), sage_plan)
                 mixed = mixed.round_().clamp_(info.min, info.max).to(plain.dtype)
             return tv_tensors.wrap(mixed, like=inpt) if isinstance(inpt, tv_tensors.Image) else mixed
         return inpt
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, upper_lambda={self.upper_lambda}, rand_pos={self.rand_pos}, "
-            f"search_size={self.search_size}, num_classes={self.num_classes}, bound={self._model is not None}"
+            f"alpha={self.alpha}, num_classes={self.num_classes}, config={self.config!r}, "
+            f"bound={self._model is not None}"
         )

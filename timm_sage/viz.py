@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timm_sage import _checks, functional
+from timm_sage import functional
 from timm_sage._viz_data import DEFAULT_MODEL, Batch, build_model, load_display_batch, load_images, warm_up
+from timm_sage.config import SAGE_DEFAULTS as _D
+from timm_sage.config import SageConfig, add_option_arguments
+from timm_sage.core import checks as _checks
 
 __all__ = [
     "ANATOMY_SIZE_PX",
@@ -140,8 +143,8 @@ def comparison_data(
     pairs: int,
     *,
     seed: int = 0,
-    upper_lambda: float = 0.6,
-    rand_pos: float = 0.01,
+    upper_lambda: float = _D.upper_lambda,
+    rand_pos: float = _D.rand_pos,
 ) -> ComparisonData:
     """Mixup, CutMix and SAGE of images ``i`` and ``i + pairs`` of ``batch``, for ``i < pairs``.
 
@@ -187,7 +190,12 @@ def comparison_data(
 
 
 def anatomy_data(
-    batch: Batch, saliency: torch.Tensor, *, pairs: int = 1, seed: int = 0, upper_lambda: float = 0.6
+    batch: Batch,
+    saliency: torch.Tensor,
+    *,
+    pairs: int = 1,
+    seed: int = 0,
+    upper_lambda: float = _D.upper_lambda,
 ) -> AnatomyData:
     """The first pair of ``batch`` (images 0 and ``pairs``) mixed by SAGE with every translation a candidate.
 
@@ -335,8 +343,8 @@ def show(
     model: str | None = None,
     pairs: int = 4,
     seed: int = 0,
-    upper_lambda: float = 0.6,
-    rand_pos: float = 0.01,
+    upper_lambda: float = _D.upper_lambda,
+    rand_pos: float = _D.rand_pos,
     warmup_steps: int | None = None,
     image_size: int | None = None,
 ) -> dict[str, Path]:
@@ -350,8 +358,7 @@ def show(
     if pairs > 16:
         raise ValueError(f"pairs must be <= 16, got {pairs}")
     _checks.check_positive_int("seed", seed, minimum=0)
-    _checks.check_fraction("upper_lambda", upper_lambda)
-    _checks.check_fraction("rand_pos", rand_pos, open_low=True)
+    SageConfig(upper_lambda=upper_lambda, rand_pos=rand_pos)  # the options' rules
     warmup_steps = (0 if checkpoint is not None else 50) if warmup_steps is None else warmup_steps
     _checks.check_positive_int("warmup_steps", warmup_steps, minimum=0)
     if image_size is not None:
@@ -394,13 +401,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pairs", type=int, default=4, help="rows of the comparison grid")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--upper-lambda", type=float, default=0.6, help="SAGE prior is Beta(1,1) * this")
-    parser.add_argument(
-        "--rand-pos",
-        type=float,
-        default=0.01,
-        help="fraction of all translations searched in the comparison grid",
-    )
+    add_option_arguments(parser, ("upper_lambda", "rand_pos"))
     parser.add_argument(
         "--warmup-steps",
         type=int,

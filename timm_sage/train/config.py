@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from timm_sage.config import SageConfig, option_infos
+
 __all__ = [
     "DEFAULT_ONLY",
     "NEUTRAL",
@@ -110,17 +112,7 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "mixup_mode": ("str", "batch"),
     "mixup_off_epoch": ("int", 0),
     "smoothing": ("float", 0.1),
-    # SAGE (names of timm_sage.plugin / the launcher's --sage-* flags)
-    "sage_upper_lambda": ("float", 0.6),
-    "sage_rand_pos": ("float", 0.01),
-    "sage_update_ratio": ("float", 1.0),
-    "sage_search_size": ("int", None),
-    "sage_saliency_loss": ("str", "bce_softmax"),
-    "sage_saliency_reduce": ("str", "mean_abs"),
-    "sage_blur_kernel": ("int", 5),
-    "sage_blur_sigma": ("float", 1.0),
-    "sage_saliency_scale": ("float", 1.0),
-    "sage_rearrangement": ("str", "search"),
+    # SAGE: sage_<option> for every SageConfig option (added below), and the mixer's seed
     "sage_seed": ("int", None),
     # precision, EMA, run
     "amp": ("bool", False),
@@ -136,6 +128,10 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "experiment": ("str", ""),
     "resume": ("str", ""),
 }
+
+SUPPORTED.update(
+    {f"sage_{info.name}": (info.kind.__name__, info.default) for info in option_infos()}
+)  # the names of timm_sage.plugin's and the launcher's --sage-* flags
 
 NEUTRAL = frozenset(
     {
@@ -375,6 +371,10 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"decay_milestones must be increasing, got {cfg.decay_milestones}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    # Every sage_* value, with SageConfig's rules and errors naming the key.
+    SageConfig.from_mapping(
+        {k: v for k, v in cfg.items() if k != "sage_seed"}, prefix="sage_", source="config"
+    )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

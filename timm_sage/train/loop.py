@@ -1,15 +1,14 @@
-"""One training step (SAGE.md section 5 for SAGE), one epoch, and evaluation.
+"""One training step, and evaluation, of ``timm-sage train``.
 
-The SAGE step: ONE clean forward/backward (:func:`timm_sage.functional.saliency_pass`) gives the
-saliency and, in the same backward, ``(1 - r) * d l_clean / d params`` into ``.grad``; the mixer builds
-the mixed batch from that saliency; the mixed pass adds ``r * d l_mixed / d params``; the caller then
-takes one optimizer step. With ``r = 1`` the clean pass computes input gradients only.
+The step is the mixer's: in SAGE mode :class:`timm_sage.SageMixup` runs the one SAGE step
+(:mod:`timm_sage.core.step`: saliency pass with ``(1 - r) * d l_clean / d params`` into ``.grad``, then
+the mix), and the mixed loss here takes the mixer's ``loss_weight`` (r), so ``.grad`` holds the gradient
+of ``(1 - r) * l_clean + r * l_mixed``, as in timm's train.py with the plugin and in a user's loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,36 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm_sage import functional
-
-__all__ = ["SageOptions", "StepResult", "evaluate", "train_step"]
-
-
-@dataclass(frozen=True)
-class SageOptions:
-    """The SAGE options the step itself needs (the mixer holds the rest): ``r`` and the saliency pass."""
-
-    update_ratio: float = 1.0
-    saliency_loss: str = "bce_softmax"
-    saliency_reduce: str = "mean_abs"
-    blur_kernel: int = 5
-    blur_sigma: float = 1.0
-    saliency_scale: float = 1.0
+__all__ = ["StepResult", "evaluate", "train_step"]
 
 
 @dataclass
 class StepResult:
-    """What one step did: ``loss`` (mixed-batch loss, float), ``inputs`` (B, C, H, W) and ``target``
-    (B,) or (B, num_classes) actually trained on, ``logits`` (B, num_classes) detached, ``method``
-    ("sage", "mixup"/"cutmix" via timm, "none") and ``skipped`` (a non-finite saliency pass)."""
+    """What one step did: ``loss`` (0-dim tensor, the mixed-batch loss before its weight), ``inputs``
+    (B, C, H, W) and ``target`` (B,) or (B, num_classes) actually trained on, ``logits``
+    (B, num_classes) detached, ``method`` ("sage", "cutmix", "mixup" via timm, or "none")."""
 
-    loss: float
+    loss: torch.Tensor
     inputs: torch.Tensor
     target: torch.Tensor
-    logits: torch.Tensor | None
+    logits: torch.Tensor
     method: str
-    skipped: bool = False
-    clean_loss: float | None = None
 
 
 def _backward(loss: torch.Tensor, scaler: Any) -> None:
@@ -62,7 +45,6 @@ def train_step(
     *,
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     mixer: Any = None,
-    sage: SageOptions | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     scaler: Any = None,
     channels_last: bool = False,
@@ -73,52 +55,28 @@ def train_step(
         model: in train mode.
         x: (B, C, H, W) float32 normalised images; y: (B,) int64 labels.
         criterion: loss of (logits, target); SoftTargetCrossEntropy when mixing.
-        mixer: None, or a :class:`timm_sage.SageMixup` (any mode).
-        sage: with ``mixer.mode == "sage"``, the SAGE options of the step (``update_ratio`` = r).
+        mixer: None, or a :class:`timm_sage.SageMixup` (any mode), bound to ``model`` in SAGE mode.
         autocast: context factory for mixed precision; scaler: a ``torch.amp.GradScaler`` or None.
 
     Returns:
         :class:`StepResult`. In SAGE mode ``.grad`` holds ``(1 - r) grad(l_clean) + r grad(l_mixed)``.
     """
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    weight = 1.0
-    clean_loss = None
-    method = "none"
-    sage_active = mixer is not None and mixer.mode == "sage" and mixer.mixup_enabled
-    if sage_active:
-        options = sage or SageOptions(update_ratio=mixer.update_ratio)
-        ratio = options.update_ratio
-        clean_weight = 1.0 - ratio
-        with autocast():
-            clean = functional.saliency_pass(
-                model,
-                x.contiguous(memory_format=layout),
-                y,
-                loss=options.saliency_loss,
-                reduce=options.saliency_reduce,
-                blur_kernel=options.blur_kernel,
-                blur_sigma=options.blur_sigma,
-                param_grad_weight=clean_weight,
-                backward_scale=scaler.scale if (scaler is not None and clean_weight > 0) else None,
-                scale=options.saliency_scale,
-            )
-        clean_loss = float(clean.loss)
-        if not math.isfinite(clean_loss) or not bool(torch.isfinite(clean.saliency).all()):
-            model.zero_grad(set_to_none=True)
-            return StepResult(math.nan, x, y, None, "none", skipped=True, clean_loss=clean_loss)
-        inputs, target = mixer(x, y, saliency=clean.saliency)
-        method = mixer.last.method if mixer.last is not None else "sage"
-        weight = ratio
-    elif mixer is not None:
+    weight: float | torch.Tensor = 1.0
+    if mixer is not None:
         inputs, target = mixer(x, y)
-        method = "mixup" if mixer.mixup_enabled else "none"
+        weight = mixer.loss_weight
+        if mixer.mode == "sage":
+            method = mixer.last.method
+        else:
+            method = "mixup" if mixer.mixup_enabled else "none"
     else:
-        inputs, target = x, y
+        inputs, target, method = x, y, "none"
     with autocast():
         logits = model(inputs.contiguous(memory_format=layout))
         loss = criterion(logits, target)
     _backward(loss * weight, scaler)
-    return StepResult(float(loss.detach()), inputs, target, logits.detach(), method, clean_loss=clean_loss)
+    return StepResult(loss.detach(), inputs, target, logits.detach(), method)
 
 
 def hard_labels(target: torch.Tensor) -> torch.Tensor:

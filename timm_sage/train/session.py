@@ -18,6 +18,7 @@ import functools
 import os
 import random
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from timm_sage.train import outputs
 from timm_sage.train.config import TrainConfig
 from timm_sage.train.data import BatchLoader, load_datasets
-from timm_sage.train.loop import SageOptions, evaluate, hard_labels, train_step
+from timm_sage.train.loop import evaluate, hard_labels, train_step
 
 __all__ = ["STOP_ENV", "StopForTest", "Trainer"]
 
@@ -141,27 +142,21 @@ class Trainer:
         )
         self.mixer = None
         if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
+            from timm_sage.config import SageConfig
+
             self.mixer = SageMixup(
                 mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
                 prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes,
-                upper_lambda=cfg.sage_upper_lambda, rand_pos=cfg.sage_rand_pos,
-                update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
-                saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
-                blur_sigma=cfg.sage_blur_sigma, search_size=cfg.sage_search_size,
-                saliency_scale=cfg.sage_saliency_scale, rearrangement=cfg.sage_rearrangement,
+                config=SageConfig(**{name: cfg[f"sage_{name}"] for name in SageConfig.names()}),
                 seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
+                model=self.model, grad_scaler=self.scaler, amp_dtype=amp_dtype if cfg.amp else None,
             )  # fmt: skip
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif cfg.smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
-        self.sage = SageOptions(
-            update_ratio=cfg.sage_update_ratio, saliency_loss=cfg.sage_saliency_loss,
-            saliency_reduce=cfg.sage_saliency_reduce, blur_kernel=cfg.sage_blur_kernel,
-            blur_sigma=cfg.sage_blur_sigma, saliency_scale=cfg.sage_saliency_scale,
-        )  # fmt: skip
         self.ema = None
         if cfg.model_ema:
             from timm.utils import ModelEmaV3
@@ -195,8 +190,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "mixer_generator": self.mixer.generator.get_state() if self.mixer is not None else None,
-            "mixer_skipped": self.mixer.skipped_batches if self.mixer is not None else 0,
+            "mixer_rng": self.mixer.rng_state() if self.mixer is not None else None,
+            "mixer_skipped": int(self.mixer.skipped_batches) if self.mixer is not None else 0,
             "rng": _rng_state(),
             "loader": {"epoch": epoch, "position": 0, "seed": self.cfg.seed},
             "num_updates": self.num_updates,
@@ -213,8 +208,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
-        if self.mixer is not None and state.get("mixer_generator") is not None:
-            self.mixer.generator.set_state(state["mixer_generator"])
+        if self.mixer is not None and state.get("mixer_rng") is not None:
+            self.mixer.set_rng_state(state["mixer_rng"])
             self.mixer.skipped_batches = int(state.get("mixer_skipped", 0))
         _set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
@@ -238,11 +233,18 @@ class Trainer:
             if self.mixer is not None:
                 off = self.cfg.mixup_off_epoch
                 self.mixer.mixup_enabled = not (off and epoch >= off)
-            skipped_before = self.mixer.skipped_batches if self.mixer is not None else 0
+            skipped_before = int(self.mixer.skipped_batches) if self.mixer is not None else 0
             epoch_start = time.perf_counter()
             train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)
             epoch_time = time.perf_counter() - epoch_start
             skipped = train_stats.pop("_skipped") - skipped_before
+            if skipped:
+                warnings.warn(
+                    f"epoch {epoch + 1}: {skipped} batch(es) had a non-finite saliency pass and trained "
+                    "unmixed (SAGE's fallback)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             # eval_interval: test every N epochs and always after the last one (the test pass can cost
             # more than a training epoch on a small subset).
             tested = (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.num_epochs
@@ -274,7 +276,10 @@ class Trainer:
     def _train_epoch(self, epoch: int, steps: int, stop_after: int | None) -> tuple[dict[str, Any], int]:
         cfg = self.cfg
         self.model.train()
-        loss_sum, correct, seen, count = 0.0, 0, 0, 0
+        # Running sums stay on the device; the progress bar reads them every few batches only.
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen, count = 0, 0
         start = time.perf_counter()
         bar = tqdm(
             total=len(self.train_loader), desc=f"epoch {epoch + 1}/{self.num_epochs}", unit="batch",
@@ -284,35 +289,31 @@ class Trainer:
             for index, (x, y) in enumerate(self.train_loader.batches(epoch)):
                 self.optimizer.zero_grad(set_to_none=True)
                 result = train_step(
-                    self.model, x, y, criterion=self.criterion, mixer=self.mixer, sage=self.sage,
+                    self.model, x, y, criterion=self.criterion, mixer=self.mixer,
                     autocast=self.autocast, scaler=self.scaler, channels_last=cfg.channels_last,
                 )  # fmt: skip
-                if result.skipped:
-                    if self.mixer is not None:
-                        self.mixer.skipped_batches += 1
-                    bar.update(1)
-                    continue
                 self._optimizer_step()
                 if epoch == 0 and index == 0 and self.mixer is not None:
                     self._write_grid(result)
-                loss_sum += result.loss
+                loss_sum += result.loss.float()
                 count += 1
-                correct += int((result.logits.argmax(1) == hard_labels(result.target)).sum())
+                correct += (result.logits.argmax(1) == hard_labels(result.target)).sum()
                 seen += y.shape[0]
                 steps += 1
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{loss_sum / count:.3f}", acc=f"{100 * correct / seen:.1f}",
-                    img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,
-                )  # fmt: skip
+                if self.progress and index % 10 == 0:
+                    bar.set_postfix(
+                        loss=f"{float(loss_sum) / count:.3f}", acc=f"{100 * int(correct) / seen:.1f}",
+                        img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False,
+                    )  # fmt: skip
                 if stop_after is not None and steps >= stop_after:
                     raise StopForTest(f"stopped after {steps} steps ({STOP_ENV})")
         elapsed = time.perf_counter() - start
         stats = {
-            "train_loss": round(loss_sum / max(count, 1), 6),
-            "train_top1": round(100 * correct / max(seen, 1), 4),
+            "train_loss": round(float(loss_sum) / max(count, 1), 6),
+            "train_top1": round(100 * int(correct) / max(seen, 1), 4),
             "img_per_s": round(seen / max(elapsed, 1e-9), 1),
-            "_skipped": self.mixer.skipped_batches if self.mixer is not None else 0,
+            "_skipped": int(self.mixer.skipped_batches) if self.mixer is not None else 0,
         }
         return stats, steps
 

@@ -1,0 +1,269 @@
+"""The one SAGE step and the one options object (issue: one step, one set of options, no host syncs).
+
+* a steady-state ``SageMixup`` sage-mode call reads no device value back to the host (counted with a
+  ``TorchDispatchMode`` on ``aten._local_scalar_dense``, what ``.item()``, ``bool()`` and ``float()`` call);
+* the trainer's step and a train.py-shaped script with the plugin train to the same weights;
+* ``SageConfig`` validates once, with errors naming the option, and every entry point derives from it;
+* the named ablations change the searched candidates as documented; cheap saliency runs at low resolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.utils import random_seed
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from timm_sage import SageConfig, SageMixup, functional, launcher, plugin
+from timm_sage.config import option_infos
+from timm_sage.core import mixing
+from timm_sage.train.config import SUPPORTED
+from timm_sage.train.loop import train_step
+
+SCRIPT = Path(__file__).with_name("timm_train_like.py")
+
+
+class HostReadCounter(TorchDispatchMode):
+    """Counts ``aten._local_scalar_dense``: every read of a tensor's value into Python (a sync on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(8, 10),
+    )  # fmt: skip
+
+
+def _batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def _reads(mixer: SageMixup, x: torch.Tensor, y: torch.Tensor) -> int:
+    mixer(x, y)  # warm-up: lazy initialisation is not steady state
+    with HostReadCounter() as counter:
+        mixer(x, y)
+    return counter.reads
+
+
+def test_counter_sees_a_host_read():
+    with HostReadCounter() as counter:
+        bool(torch.ones(2).sum() > 0)
+        float(torch.ones(()))
+    assert counter.reads == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"update_ratio": 0.7},
+        {"update_ratio": 0.5, "saliency_scale": 0.5, "saliency_loss": "cross_entropy"},
+        {"rearrangement": "none"},
+        {"rearrangement": "random", "saliency_reduce": "l2"},
+    ],
+)
+def test_steady_state_sage_call_makes_no_host_read(options):
+    x, y = _batch()
+    mixer = SageMixup(mode="sage", num_classes=10, model=_model(), seed=0, **options)
+    assert _reads(mixer, x, y) == 0
+    assert mixer.last.method == "sage"
+
+
+def test_sage_call_with_cutmix_and_amp_makes_no_host_read():
+    x, y = _batch()
+    mixer = SageMixup(
+        mode="sage", num_classes=10, model=_model(), seed=0, cutmix_alpha=1.0, amp_dtype=torch.bfloat16
+    )
+    while mixer(x, y) and mixer.last.method != "sage":  # warm-up: the first SAGE call checks the labels
+        pass
+    methods = set()
+    for _ in range(6):
+        with HostReadCounter() as counter:
+            mixer(x, y)
+        methods.add(mixer.last.method)
+        assert counter.reads == 0
+    assert methods == {"sage", "cutmix"}
+
+
+def test_a_bool_read_in_the_internal_mixing_path_is_caught(monkeypatch):
+    """The guard works: one ``bool(tensor)`` put back into the mixing kernel makes the count non-zero."""
+    original = mixing.plan
+
+    def plan_with_a_check(saliency, *args, **kwargs):
+        if not bool(torch.isfinite(saliency).all()):  # the kind of check the hot path must not do
+            raise ValueError("saliency must be finite")
+        return original(saliency, *args, **kwargs)
+
+    monkeypatch.setattr(mixing, "plan", plan_with_a_check)
+    x, y = _batch()
+    assert _reads(SageMixup(mode="sage", num_classes=10, model=_model(), seed=0), x, y) == 1
+
+
+# ---------------------------------------------------------------------- one step, every entry point
+def test_trainer_step_and_train_py_with_the_plugin_reach_the_same_weights():
+    """The same config (SAGE, r = 0.5, seed 5, SGD) through ``timm-sage train``'s step and through a
+    train.py-shaped script with the plugin: identical batches give identical weights."""
+    module = launcher.run(
+        SCRIPT,
+        ["--mixup", "1.0", "--mixup-mode", "sage", "--no-prefetcher", "--no-aug", "--smoothing", "0.0",
+         "--sage-update-ratio", "0.5", "--sage-seed", "5", "--num-samples", "24", "--seed", "42"],
+    )  # fmt: skip
+    state = vars(module)[plugin.STATE_KEY]
+    (script_mixer,) = state.mixers
+    assert script_mixer.update_ratio == 0.5
+    history = module.HISTORY
+    assert len(history) == 3
+    # The raw batches the script drew (timm's loader, un-mixed): replay them through the trainer's step.
+    loader = module.RUN["loader"]
+    random_seed(42, 0)
+    model = timm.create_model("test_resnet", num_classes=4, pretrained=False)
+    replay_batches = [(x.float(), y) for x, y in loader]  # no augmentation: the same tensors again
+    assert len(replay_batches) == 3
+    optimizer = create_optimizer_v2(model, opt="sgd", lr=0.05, momentum=0.9, weight_decay=0.0)
+    mixer = SageMixup(
+        mixup_alpha=1.0,
+        mode="sage",
+        label_smoothing=0.0,
+        num_classes=4,
+        update_ratio=0.5,
+        seed=5,
+        model=model,
+    )
+    model.train()
+    for (x, y), recorded in zip(replay_batches, history, strict=True):
+        optimizer.zero_grad(set_to_none=True)
+        result = train_step(model, x, y, criterion=SoftTargetCrossEntropy(), mixer=mixer)
+        optimizer.step()
+        torch.testing.assert_close(result.inputs, recorded["input"])
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(value, recorded["params"][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert float(mixer.loss_weight) == 0.5
+
+
+def test_sage_mixup_loss_weight_example_is_the_papers_loss():
+    """The docstring's two lines, ``loss = criterion(model(x), t) * mixup_fn.loss_weight``, give the
+    gradient of ``(1 - r) * l_clean + r * l_mixed`` with the BCE saliency loss as l_clean."""
+    model, (x, y) = _model(), _batch()
+    reference = _model()
+    mixup_fn = SageMixup(
+        mode="sage", num_classes=10, label_smoothing=0.0, model=model, seed=3, update_ratio=0.7
+    )
+    mixed, target = mixup_fn(x, y)
+    loss = SoftTargetCrossEntropy()(model(mixed), target) * mixup_fn.loss_weight
+    loss.backward()
+    params = list(reference.parameters())
+    clean = F.binary_cross_entropy(torch.softmax(reference(x), -1), F.one_hot(y, 10).float())
+    want = torch.autograd.grad(0.3 * clean + 0.7 * SoftTargetCrossEntropy()(reference(mixed), target), params)
+    for param, expected in zip(model.parameters(), want, strict=True):
+        torch.testing.assert_close(param.grad, expected, rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ one options object
+def test_config_validates_once_with_errors_naming_the_option():
+    with pytest.raises(ValueError, match="blur_kernel must be odd"):
+        SageConfig(blur_kernel=4)
+    with pytest.raises(ValueError, match="blur_kernel must be odd"):
+        SageMixup(mode="sage", num_classes=10, blur_kernel=4)  # at construction, not at the first batch
+    with pytest.raises(ValueError, match="saliency_scale"):
+        SageConfig(saliency_scale=0.0)
+    with pytest.raises(ValueError, match="rearrangement"):
+        SageConfig(rearrangement="shuffle")
+    with pytest.raises(TypeError, match="search_size"):
+        SageConfig(search_size=2.5)
+    with pytest.raises(ValueError, match="sage_update_ratio"):
+        SageConfig.from_mapping({"sage_update_ratio": 1.5}, prefix="sage_")
+    with pytest.raises(ValueError, match="sage_upper_lamda"):
+        SageConfig.from_mapping({"sage_upper_lamda": 0.5}, prefix="sage_")
+    with pytest.raises(ValueError, match="blur_kernel=5 needs images larger than 2"):
+        SageConfig().check_image_size(2, 16)
+    with pytest.raises(ValueError, match="either as config"):
+        SageMixup(mode="sage", num_classes=10, config=SageConfig(), upper_lambda=0.5)
+    assert SageConfig(upper_lambda=1).upper_lambda == 1.0 and isinstance(
+        SageConfig(upper_lambda=1).upper_lambda, float
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SageConfig().upper_lambda = 0.5  # type: ignore[misc]
+
+
+def test_every_entry_point_derives_its_options_from_sage_config():
+    names = [info.name for info in option_infos()]
+    assert list(plugin.SAGE_OPTIONS) == [*names, "seed"]
+    for info in option_infos():
+        assert SUPPORTED[f"sage_{info.name}"] == (info.kind.__name__, info.default)
+        assert f"--sage-{info.name.replace('_', '-')}" in launcher.USAGE
+        assert getattr(SageMixup(mode="sage", num_classes=10), info.name) == info.default
+    mixer = SageMixup(mode="sage", num_classes=10, config=SageConfig(rand_pos=0.05))
+    assert mixer.rand_pos == 0.05 and mixer.config == SageConfig(rand_pos=0.05)
+
+
+# ------------------------------------------------------------------------------ ablations, cheap saliency
+def test_rearrangement_none_searches_only_the_zero_translation():
+    g = torch.Generator().manual_seed(0)
+    params = functional.sample_sage_params(
+        8, 16, 16, alpha=1.0, upper_lambda=0.6, rand_pos=0.05, generator=g, rearrangement="none"
+    )
+    assert params.translations.tolist() == [[0, 0]]
+    x, y = _batch()
+    mixer = SageMixup(mode="sage", num_classes=10, model=_model(), seed=0, rearrangement="none")
+    mixer(x, y)
+    assert mixer.last.translation.abs().sum() == 0
+
+
+def test_rearrangement_random_takes_one_uniform_translation_unscored():
+    g = torch.Generator().manual_seed(0)
+    draws = [
+        functional.sample_sage_params(
+            8, 16, 16, alpha=1.0, upper_lambda=0.6, rand_pos=0.05, generator=g, rearrangement="random"
+        ).translations
+        for _ in range(400)
+    ]
+    assert all(t.shape == (1, 2) for t in draws)
+    shifts = torch.cat(draws)
+    assert shifts.abs().max() <= 15 and shifts[:, 0].abs().max() >= 13  # the whole (2H-1)^2 range
+    assert abs(float(shifts.float().mean())) < 1.5  # centred, no preference
+    search = functional.sample_sage_params(
+        8, 16, 16, alpha=1.0, upper_lambda=0.6, rand_pos=0.05, generator=torch.Generator().manual_seed(0)
+    )
+    assert search.translations.shape == (math.floor(31 * 31 * 0.05), 2)
+    x, y = _batch()
+    mixer = SageMixup(mode="sage", num_classes=10, model=_model(), seed=0, rearrangement="random")
+    mixer(x, y)
+    # every image of the batch takes the one drawn shift: nothing was searched per image
+    assert (mixer.last.translation == mixer.last.translation[0]).all()
+
+
+def test_cheap_saliency_runs_the_pass_at_the_scaled_size():
+    model, (x, y) = _model(), _batch()
+    seen = []
+    model[0].register_forward_hook(lambda module, inputs, output: seen.append(tuple(inputs[0].shape[-2:])))
+    full = functional.saliency_map(model, x, y)
+    half = functional.saliency_map(model, x, y, scale=0.5)
+    assert seen == [(16, 16), (8, 8)]
+    assert half.shape == full.shape == (8, 16, 16) and bool((half >= 0).all())
+    # what it approximates: the low-resolution map, resized, correlates with the exact one
+    cosine = F.cosine_similarity(half.flatten(1), full.flatten(1)).mean()
+    assert float(cosine) > 0.8
+    resized = F.interpolate(x, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    small = functional.saliency_map(model, resized, y, blur_kernel=1)
+    upsampled = F.interpolate(small[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(functional.saliency_map(model, x, y, scale=0.5, blur_kernel=1), upsampled)

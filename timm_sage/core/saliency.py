@@ -1,0 +1,283 @@
+"""Saliency of the live model (SAGE.md section 1): one forward/backward on the clean batch, the input
+gradient reduced over channels and smoothed. Public through :mod:`timm_sage.functional`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm_sage.config import SAGE_DEFAULTS as _D
+from timm_sage.config import SALIENCY_LOSSES, SALIENCY_REDUCTIONS
+from timm_sage.core import checks as _checks
+from timm_sage.core.mixing import one_hot_targets
+
+
+class SaliencyPass(NamedTuple):
+    """Result of :func:`saliency_pass`: ``saliency`` (B, H, W) float32, the clean ``loss`` (0-dim
+    float32) and ``finite`` (0-dim bool, on the device): the loss and every gradient were finite."""
+
+    saliency: torch.Tensor
+    loss: torch.Tensor
+    finite: torch.Tensor
+
+
+def _gaussian_taps(kernel_size: int, sigma: float, device: torch.device) -> torch.Tensor:
+    # Same taps as torchvision's GaussianBlur: exp(-x^2 / 2 sigma^2) on a centred integer grid.
+    half = (kernel_size - 1) * 0.5
+    grid = torch.linspace(-half, half, kernel_size, device=device, dtype=torch.float32)
+    taps = torch.exp(-0.5 * (grid / sigma) ** 2)
+    return taps / taps.sum()
+
+
+def check_blur(kernel_size: int, sigma: float, size: tuple[int, int] | torch.Size) -> None:
+    """The blur's rules (metadata only): odd positive kernel, positive sigma, and reflect padding
+    needs images larger than ``kernel_size // 2`` per side. Errors name ``blur_kernel`` / ``blur_sigma``."""
+    _checks.check_positive_int("blur_kernel", kernel_size)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"blur_kernel must be odd, got {kernel_size}")
+    _checks.check_fraction("blur_sigma", sigma, low=0.0, high=math.inf, open_low=True)
+    pad = kernel_size // 2
+    if kernel_size > 1 and min(size) <= pad:
+        raise ValueError(
+            f"blur_kernel={kernel_size} needs images larger than {pad} pixels per side for reflect "
+            f"padding, got {tuple(size)}; use a smaller blur_kernel"
+        )
+
+
+def blur_maps(maps: torch.Tensor, kernel_size: int = 5, sigma: float = 1.0) -> torch.Tensor:
+    """Separable Gaussian blur with reflect padding, as torchvision's ``GaussianBlur``.
+
+    Args:
+        maps: (B, H, W) floating tensor.
+        kernel_size: odd positive int; 1 leaves the maps unchanged.
+        sigma: positive standard deviation in pixels.
+
+    Returns:
+        (B, H, W) float32.
+    """
+    check_blur(kernel_size, sigma, maps.shape[-2:])
+    maps = maps.float()
+    if kernel_size == 1:
+        return maps
+    pad = kernel_size // 2
+    taps = _gaussian_taps(kernel_size, sigma, maps.device)
+    out = F.pad(maps[:, None], (pad, pad, pad, pad), mode="reflect")
+    out = F.conv2d(out, taps.view(1, 1, 1, -1))
+    out = F.conv2d(out, taps.view(1, 1, -1, 1))
+    return out[:, 0]
+
+
+def _check_target(target: torch.Tensor, batch: int, loss: str) -> None:
+    """Labels and soft targets at the public boundary (reads values: not for the library's hot path)."""
+    if target.is_floating_point():
+        _checks.check_finite_nonnegative("target", target)
+        if loss == "bce_softmax" and bool((target > 1).any()):
+            raise ValueError("soft target values must lie in [0, 1] for saliency_loss='bce_softmax'")
+    elif target.ndim != 1 or target.shape[0] != batch:
+        raise ValueError(
+            f"target must have shape ({batch},) labels or (B, num_classes), got {tuple(target.shape)}"
+        )
+
+
+def _logits_of(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    logits = model(inputs)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(
+            f"model must return a logits tensor (B, num_classes), got {type(logits).__name__}; wrap a model "
+            "that returns a tuple or dict so that it returns the classification logits"
+        )
+    if logits.ndim != 2 or logits.shape[0] != inputs.shape[0]:
+        raise ValueError(f"model must return logits of shape (B, num_classes), got {tuple(logits.shape)}")
+    return logits
+
+
+def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    logits = logits.float()
+    num_classes = logits.shape[-1]
+    if target.is_floating_point():
+        if target.shape != logits.shape:
+            raise ValueError(f"soft target must have shape {tuple(logits.shape)}, got {tuple(target.shape)}")
+        probabilities = target.float()
+    else:
+        # A scatter, not F.one_hot, which reads the labels' min and max back to the host. Labels outside
+        # [0, num_classes) fail inside the kernel; the public saliency_pass checks them first, clearly.
+        probabilities = one_hot_targets(target, num_classes, 0.0)
+    if loss == "cross_entropy":
+        return F.cross_entropy(logits, probabilities)
+    predicted = torch.softmax(logits, dim=-1)
+    # F.binary_cross_entropy raises (CPU) or device-asserts (CUDA) on NaN inputs. Feed it a placeholder
+    # and hand back a NaN loss instead, which the pass reports as not finite; no host sync here.
+    broken = ~torch.isfinite(predicted).all()
+    value = F.binary_cross_entropy(torch.where(broken, 0.5, predicted), probabilities)
+    return torch.where(broken, math.nan, value)
+
+
+def saliency_pass(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    loss: str = _D.saliency_loss,
+    reduce: str = _D.saliency_reduce,
+    blur_kernel: int = _D.blur_kernel,
+    blur_sigma: float = _D.blur_sigma,
+    param_grad_weight: float = 0.0,
+    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scale: float = _D.saliency_scale,
+) -> SaliencyPass:
+    """One forward and backward of ``model`` on the clean batch; smoothed input-gradient saliency.
+
+    The model runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast the
+    caller is in. With ``param_grad_weight == 0`` only the input gradient is computed, so no
+    parameter's ``.grad`` is touched and no weight gradient is paid for. With ``param_grad_weight = w > 0``
+    the same backward also accumulates ``w * d(loss)/d(param)`` into ``.grad`` (SAGE.md section 5).
+
+    Args:
+        model: callable mapping (B, C, H, W) to logits (B, num_classes).
+        x: (B, C, H, W) floating images, normalised as the model expects.
+        target: (B,) integer labels or (B, num_classes) soft targets.
+        loss: ``"bce_softmax"`` (reference: BCE of softmax against one-hot) or ``"cross_entropy"``.
+        reduce: ``"mean_abs"`` (reference: mean of |grad| over channels) or ``"l2"`` (paper).
+        blur_kernel, blur_sigma: Gaussian smoothing, see :func:`blur_maps`.
+        param_grad_weight: weight of the clean loss in the parameters' ``.grad``.
+        backward_scale: applied to the weighted loss before ``backward`` (e.g. ``GradScaler.scale``).
+        scale: cheap saliency (``saliency_scale``), a float in (0, 1]. Below 1 the pass runs on the batch
+            resized to ``round(H * scale) x round(W * scale)`` (bilinear, antialiased) and the channel-
+            reduced gradient map is resized back to H x W (bilinear) before smoothing: about
+            ``scale ** 2`` of the work for a convolutional network. The clean loss, and with
+            ``param_grad_weight > 0`` its parameter gradient, are then those of the resized batch.
+            Needs a model that accepts the smaller input (CNNs with global pooling do).
+
+    Returns:
+        :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
+        ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps' overall scale carries
+        ``param_grad_weight`` and ``backward_scale`` (it is the gradient of the weighted loss); SAGE
+        normalises each map, so only their shape matters. When the loss or any gradient is NaN or Inf,
+        ``finite`` is False, the saliency is all NaN and the parameters' ``.grad`` receive zeros (never
+        the bad values), so a caller can fall back to the unmixed batch (the SAGE step does).
+
+    Raises:
+        TypeError / ValueError: bad arguments (named), labels outside the model's classes, or a model
+            that does not return a (B, num_classes) logits tensor.
+    """
+    _checks.check_tensor("x", x)
+    _checks.check_floating("x", x)
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (B, C, H, W), got {tuple(x.shape)}")
+    _checks.check_tensor("target", target)
+    _checks.check_choice("loss", loss, SALIENCY_LOSSES)
+    _checks.check_choice("reduce", reduce, SALIENCY_REDUCTIONS)
+    _checks.check_fraction("param_grad_weight", param_grad_weight, high=math.inf)
+    _checks.check_fraction("scale", scale, open_low=True)
+    check_blur(blur_kernel, blur_sigma, x.shape[-2:])
+    _check_target(target, x.shape[0], loss)
+    return compute_saliency(
+        model, x, target, loss=loss, reduce=reduce, blur_kernel=blur_kernel, blur_sigma=blur_sigma,
+        param_grad_weight=param_grad_weight, backward_scale=backward_scale, scale=scale, check_labels=True,
+    )  # fmt: skip
+
+
+def compute_saliency(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    loss: str,
+    reduce: str,
+    blur_kernel: int,
+    blur_sigma: float,
+    param_grad_weight: float,
+    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None,
+    scale: float,
+    check_labels: bool = False,
+) -> SaliencyPass:
+    """:func:`saliency_pass` on trusted arguments, with no host read of a device value.
+
+    Whether the loss and the gradients are finite is decided on the device (``finite``); the clean
+    parameter gradient enters ``.grad`` only where it is (``torch.where``), so a bad batch adds zero.
+    """
+    height, width = x.shape[-2:]
+    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if small != (height, width):
+        with torch.no_grad():
+            inputs = F.interpolate(
+                x.detach(), size=small, mode="bilinear", antialias=True, align_corners=False
+            )
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        inputs.requires_grad_(True)
+    else:
+        inputs = x.detach().clone().requires_grad_(True)
+    module = model if isinstance(model, nn.Module) else None
+    params = (
+        [p for p in module.parameters() if p.requires_grad]
+        if module is not None and param_grad_weight > 0
+        else []
+    )
+    with torch.enable_grad():
+        logits = _logits_of(model, inputs)
+        if check_labels and not target.is_floating_point():  # the public boundary only: reads values
+            num_classes = logits.shape[-1]
+            if bool((target < 0).any()) or bool((target >= num_classes).any()):
+                raise ValueError(f"target labels must lie in [0, {num_classes - 1}] (the model's outputs)")
+        clean_loss = _clean_loss(logits, target, loss)
+        scaled = clean_loss * param_grad_weight if params else clean_loss
+        if params and backward_scale is not None:
+            scaled = backward_scale(scaled)
+        grad, *param_grads = torch.autograd.grad(scaled, [inputs, *params], allow_unused=True)
+    present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
+    # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
+    # overflows counts as not finite too), kept on the device.
+    totals = [clean_loss.detach().float(), grad.sum(dtype=torch.float32)]
+    totals += [g.sum(dtype=torch.float32) for _, g in present]
+    finite = torch.isfinite(torch.stack(totals).sum())
+    for param, param_grad in present:
+        contribution = torch.where(finite, param_grad, torch.zeros_like(param_grad))
+        if param.grad is None:
+            param.grad = contribution
+        else:
+            param.grad.add_(contribution)
+    # The caller's autocast must not push the reduction and the blur back into half precision.
+    with torch.autocast(device_type=grad.device.type, enabled=False):
+        grad = grad.float()
+        channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
+        if channel_map.shape[-2:] != (height, width):
+            # Bilinear interpolation of non-negative values stays non-negative.
+            channel_map = F.interpolate(
+                channel_map[:, None], size=(height, width), mode="bilinear", align_corners=False
+            )[:, 0]
+        saliency = blur_maps(channel_map, blur_kernel, blur_sigma)
+    saliency = torch.where(finite, saliency, math.nan)
+    return SaliencyPass(saliency, clean_loss.detach(), finite)
+
+
+def saliency_map(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    loss: str = _D.saliency_loss,
+    reduce: str = _D.saliency_reduce,
+    blur_kernel: int = _D.blur_kernel,
+    blur_sigma: float = _D.blur_sigma,
+    scale: float = _D.saliency_scale,
+) -> torch.Tensor:
+    """Smoothed saliency (B, H, W) float32 of the live ``model`` on the clean batch ``x``.
+
+    Input gradients only: no parameter ``.grad`` is written. See :func:`saliency_pass` for arguments.
+    """
+    return saliency_pass(
+        model,
+        x,
+        target,
+        loss=loss,
+        reduce=reduce,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+        scale=scale,
+    ).saliency

@@ -1,0 +1,119 @@
+"""The one SAGE step: saliency pass of the live model, then plan and apply the mix, on the device.
+
+Every entry point that mixes with a live model (``SageMixup`` in a user's loop, the timm ``train.py``
+plugin, ``timm-sage train``) runs this function, so an option means the same thing everywhere.
+
+The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (SAGE.md section 5, ``r`` =
+``update_ratio``). The step adds ``(1 - r) * d l_clean / d params`` to ``.grad`` in the saliency pass's own
+backward, and returns ``loss_weight = r``: the caller multiplies its mixed-batch loss by it.
+
+Non-finite saliency, one rule: when the clean loss or any gradient of the saliency pass is NaN or Inf,
+the batch is not mixed (images and targets are the clean batch), no clean gradient is added and
+``loss_weight`` is 1, so the caller's step trains on the plain batch. The decision is taken on the
+device (``torch.where``): the step never reads a device value back to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from timm_sage.config import SageConfig
+from timm_sage.core import mixing
+from timm_sage.core.saliency import compute_saliency
+
+
+class SageDraws(NamedTuple):
+    """The random draws of one SAGE batch: ``perm`` (B,) long, ``prior`` float, ``translations``
+    (K, 2) long (CPU tensors; moved to the batch's device by the step)."""
+
+    perm: torch.Tensor
+    prior: float
+    translations: torch.Tensor
+
+
+class SageStepResult(NamedTuple):
+    """What one SAGE step produced, every tensor on the batch's device and detached.
+
+    ``images`` (B, C, H, W) in x's dtype; ``target`` (B, num_classes) float32; ``lam`` (B,) float32
+    (1 where the batch fell back); ``perm`` (B,) long; ``translation`` (B, 2) long; ``saliency``
+    (B, H, W) float32; ``clean_loss`` 0-dim float32; ``mixed`` 0-dim bool (False: non-finite saliency,
+    clean batch returned); ``loss_weight`` 0-dim float32, the weight of the caller's mixed loss.
+    """
+
+    images: torch.Tensor
+    target: torch.Tensor
+    lam: torch.Tensor
+    perm: torch.Tensor
+    translation: torch.Tensor
+    saliency: torch.Tensor
+    clean_loss: torch.Tensor
+    mixed: torch.Tensor
+    loss_weight: torch.Tensor
+
+
+def uses_channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-D weights are channels_last (the saliency pass then follows; metadata only)."""
+    for param in model.parameters():
+        if param.ndim == 4:
+            return param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+    return False
+
+
+def sage_step(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    draws: SageDraws,
+    config: SageConfig,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> SageStepResult:
+    """Saliency pass, then SAGE mix of the batch, with no host read of a device value.
+
+    Args:
+        model: the live model (unwrapped), in the mode the caller trains it in (SAGE: train mode).
+        x: (B, C, H, W) floating, normalised images. target: (B,) labels or (B, num_classes) soft ones.
+        draws: this batch's :class:`SageDraws`. config: the options.
+        num_classes, label_smoothing: of the soft targets (timm's smoothing).
+        amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype (None: as called).
+        backward_scale: scales the clean loss before its backward (``GradScaler.scale``) when r < 1.
+    """
+    device = x.device
+    clean_weight = 1.0 - config.update_ratio
+    inputs = x
+    if isinstance(model, nn.Module) and uses_channels_last(model):
+        inputs = x.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        clean = compute_saliency(
+            model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
+            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
+            backward_scale=backward_scale if clean_weight > 0 else None, scale=config.saliency_scale,
+        )  # fmt: skip
+    perm = draws.perm.to(device, non_blocking=True)
+    translations = draws.translations.to(device, non_blocking=True)
+    prior = torch.full((x.shape[0],), draws.prior, device=device)
+    with torch.no_grad():
+        # A non-finite map would only poison the search; search on uniform maps and discard the result.
+        saliency = torch.where(clean.finite, clean.saliency, 1.0)
+        plan = mixing.plan(saliency, perm, prior, translations, search_size=config.search_size)
+        mixed_images = mixing.apply(x.detach(), perm, plan)
+        images = torch.where(clean.finite, mixed_images, x.detach())
+        lam = torch.where(clean.finite, plan.lam, 1.0)
+        soft = mixing.mix_targets(target, perm, lam, num_classes, label_smoothing)
+    loss_weight = torch.where(clean.finite, config.update_ratio, 1.0).float()
+    return SageStepResult(
+        images, soft, lam, perm, plan.translation, clean.saliency, clean.loss, clean.finite, loss_weight
+    )
