@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test lint bench data
+.PHONY: install run test lint bench data gpu-check
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -35,3 +35,7 @@ lint: install
 
 bench: install
 	$(VENV)/bin/timm-sage bench mix
+
+# On a machine with a CUDA GPU and its own torch: CUDA tests and the CUDA benchmarks (docs/benchmarks.md).
+gpu-check:
+	.ci/gpu_check.sh $(OUT)

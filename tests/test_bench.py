@@ -28,6 +28,8 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
     payload = json.loads(out.read_text())
     names = {(r["suite"], r["name"]) for r in payload["rows"]}
     assert ("step", "sage update_ratio=0.7") in names
+    assert ("step", "sage cheap saliency_scale=0.5 update_ratio=1") in names
+    assert ("mix", "saliency pass saliency_scale=0.5 update_ratio=0.7") in names
     assert any(n.startswith("sage_mix search_size=8") for _, n in names)
     assert ("mix", "torchvision v2 CutMix") in names and ("mix", "timm mixup elem") in names
     # Ratios are measured against the row named in "baseline" of the same case.

@@ -64,9 +64,13 @@ def _batch(batch: int, size: int, num_classes: int, device: torch.device, seed: 
     return x, y
 
 
-def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Callable:
-    def step(x: torch.Tensor, target: torch.Tensor) -> None:
-        loss = torch.sum(-target * F.log_softmax(model(x), -1), -1).mean()
+def _train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, channels_last: bool = False
+) -> Callable:
+    def step(x: torch.Tensor, target: torch.Tensor, weight: float | torch.Tensor = 1.0) -> None:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss = torch.sum(-target * F.log_softmax(model(x), -1), -1).mean() * weight
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -112,7 +116,8 @@ def _mixed_step(
     if mixer is None:
         step(x, _soft(y, classes))
     else:
-        step(*mixer(x.clone(), y))
+        images, target = mixer(x.clone(), y)
+        step(images, target, getattr(mixer, "loss_weight", 1.0))  # SAGE: the paper's loss weight r
 
 
 def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
@@ -128,8 +133,17 @@ def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> l
         step_ms = timed(functools.partial(step, x, soft))
         rows.append(BenchRow("mix", case.label, base, step_ms, base, 1.0))
         saliency = functional.saliency_map(model, x, y)
-        ms = timed(functools.partial(functional.saliency_map, model, x, y))
-        rows.append(BenchRow("mix", case.label, "saliency_map", ms, base, ms / step_ms))
+        for scale in (1.0, 0.5):
+            for ratio in (1.0, 0.7):
+                # The saliency pass of each variant: input gradients only (r = 1), or with the clean loss's
+                # weight gradients too (r = 0.7), at full or half resolution (saliency_scale).
+                call = functools.partial(
+                    functional.saliency_pass, model, x, y, param_grad_weight=1.0 - ratio, scale=scale
+                )
+                ms = timed(call)
+                name = f"saliency pass saliency_scale={scale:g} update_ratio={ratio:g}"
+                rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms))
+        model.zero_grad(set_to_none=True)
         perm = torch.randperm(case.batch, generator=torch.Generator().manual_seed(1)).to(device)
         for search_size in case.search_sizes:
             translations = functional.sample_translations(
@@ -159,41 +173,76 @@ def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> l
     return rows
 
 
+# SAGE variants of the step suite: name -> SageConfig options. "cheap" is the saliency pass at half
+# resolution (saliency_scale=0.5), at both update ratios.
+SAGE_STEP_VARIANTS: dict[str, dict[str, float]] = {
+    "sage update_ratio=1": {"update_ratio": 1.0},
+    "sage update_ratio=0.7": {"update_ratio": 0.7},
+    "sage cheap saliency_scale=0.5 update_ratio=1": {"update_ratio": 1.0, "saliency_scale": 0.5},
+    "sage cheap saliency_scale=0.5 update_ratio=0.7": {"update_ratio": 0.7, "saliency_scale": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class StepCase:
+    """A training-step benchmark: model, batch, image side; on CUDA, bf16 autocast and channels_last."""
+
+    model: str
+    batch: int
+    size: int
+    num_classes: int = 10
+
+
+FULL_STEP_CASES = (StepCase("preactresnet18", 100, 32), StepCase("resnet18", 16, 128))
+QUICK_STEP_CASES = (StepCase("test_resnet", 8, 16),)
+CUDA_STEP_CASES = (StepCase("preactresnet18", 100, 32), StepCase("resnet50", 64, 224, 1000))
+
+
 def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
-    """Full training steps: vanilla, timm Mixup, timm CutMix, SAGE with update_ratio 1 and 0.7."""
+    """Full training steps: vanilla, timm Mixup, timm CutMix and SAGE (exact and cheap saliency, update_ratio
+    1 and 0.7), each case in one process so the ratios compare like with like. On CUDA: bf16 autocast and
+    channels_last, as a GPU user trains."""
     from timm.data import Mixup
 
-    name, batch, size, classes = ("test_resnet", 8, 16, 10) if quick else ("preactresnet18", 100, 32, 10)
-    case = f"{name} B={batch} 3x{size}x{size}"
-    base_model = _model(name, classes, device)
-    x, y = _batch(batch, size, classes, device)
+    from timm_sage.config import SageConfig
+
+    cases = QUICK_STEP_CASES if quick else CUDA_STEP_CASES if device.type == "cuda" else FULL_STEP_CASES
+    amp = device.type == "cuda"
     rows: list[BenchRow] = []
-    mixers: dict[str, Callable | None] = {
-        "vanilla": None,
-        "timm mixup": Mixup(mixup_alpha=1.0, label_smoothing=0.0, num_classes=classes),
-        "timm cutmix": Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=classes),
-        "sage update_ratio=1": ("sage", 1.0),
-        "sage update_ratio=0.7": ("sage", 0.7),
-    }
-    vanilla_ms = None
-    for label, mixer in tqdm(mixers.items(), desc="bench step", leave=False):
-        model = copy.deepcopy(base_model)
-        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
-        if isinstance(mixer, tuple):
-            mixer = SageMixup(
-                mixup_alpha=1.0,
-                mode="sage",
-                label_smoothing=0.0,
-                num_classes=classes,
-                model=model,
-                update_ratio=mixer[1],
-                seed=0,
-            )
-        full_step = functools.partial(_mixed_step, step, mixer, x, y, classes)
-        ms = median_ms(full_step, device, repeats=repeats, warmup=warmup)
-        vanilla_ms = vanilla_ms or ms
-        rows.append(BenchRow("step", case, label, ms, "vanilla", ms / vanilla_ms))
+    for case in cases:
+        label_case = f"{case.model} B={case.batch} 3x{case.size}x{case.size}" + (" bf16 cl" if amp else "")
+        base_model = _model(case.model, case.num_classes, device)
+        if amp:
+            base_model = base_model.to(memory_format=torch.channels_last)
+        x, y = _batch(case.batch, case.size, case.num_classes, device)
+        classes = case.num_classes
+        mixers: dict[str, Callable | dict | None] = {
+            "vanilla": None,
+            "timm mixup": Mixup(mixup_alpha=1.0, label_smoothing=0.0, num_classes=classes),
+            "timm cutmix": Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=classes),
+            **SAGE_STEP_VARIANTS,
+        }
+        vanilla_ms = None
+        for label, mixer in tqdm(mixers.items(), desc=f"bench step {case.model}", leave=False):
+            model = copy.deepcopy(base_model)
+            step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), amp)
+            if isinstance(mixer, dict):
+                mixer = SageMixup(
+                    mixup_alpha=1.0, mode="sage", label_smoothing=0.0, num_classes=classes, model=model,
+                    config=SageConfig(**mixer), seed=0, amp_dtype=torch.bfloat16 if amp else None,
+                )  # fmt: skip
+            full_step = functools.partial(_mixed_step, step, mixer, x, y, classes)
+            if amp:
+                full_step = functools.partial(_autocast_call, full_step, device)
+            ms = median_ms(full_step, device, repeats=repeats, warmup=warmup)
+            vanilla_ms = vanilla_ms or ms
+            rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / vanilla_ms))
     return rows
+
+
+def _autocast_call(fn: Callable[[], None], device: torch.device) -> None:
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+        fn()
 
 
 def suite_scale(
