@@ -99,3 +99,13 @@ def test_budget_table_reads_each_method_at_the_reference_training_time(tmp_path)
     assert "| 84.00 |" in vanilla_row
     with pytest.raises(ValueError, match="budget reference"):
         study.budget_table(results, "mixup")
+
+
+def test_training_seconds_use_the_median_epoch_time(tmp_path):
+    """One epoch slowed by other load on the machine does not move the wall-clock axis."""
+    folder = _fake_run(tmp_path, "s_vanilla", 0, [70.0, 80.0, 82.0, 84.0])
+    lines = folder.joinpath("metrics.jsonl").read_text().splitlines()
+    slow = json.loads(lines[1]) | {"epoch_time": 30.0}
+    folder.joinpath("metrics.jsonl").write_text("\n".join([lines[0], json.dumps(slow), *lines[2:]]) + "\n")
+    (run,) = study.collect([folder])["vanilla"]
+    assert run["train_s"] == 4.0 and [p[1] for p in run["points"]] == [1.0, 2.0, 3.0, 4.0]

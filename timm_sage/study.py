@@ -83,8 +83,9 @@ def collect(folders: list[Path]) -> dict[str, list[dict]]:
     """Finished runs by method, in the order of ``folders``.
 
     Each run: ``seed``, ``final_top1``, ``best_top1``, ``final_train_top1`` (None unless the run had
-    ``eval_train``), ``train_s`` (training seconds, evaluation excluded), ``epochs`` and ``points``:
-    ``[(epoch, cumulative training seconds, test top-1)]`` for every evaluated epoch.
+    ``eval_train``), ``train_s`` (training seconds, evaluation excluded: the median epoch time times the
+    epochs), ``epochs`` and ``points``: ``[(epoch, training seconds up to it, test top-1)]`` for every
+    evaluated epoch.
     """
     names = method_names([_stem_and_seed(f)[0] for f in folders])
     results: dict[str, list[dict]] = {}
@@ -94,11 +95,15 @@ def collect(folders: list[Path]) -> dict[str, list[dict]]:
             continue
         summary = json.loads(summary_path.read_text())
         rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-        points, seconds = [], 0.0
-        for row in rows:
-            seconds += float(row.get("epoch_time", 0.0))
-            if row.get("test_top1") is not None:
-                points.append((int(row["epoch"]), seconds, float(row["test_top1"])))
+        # Training seconds per epoch: the run's median epoch time, robust to other load on the machine
+        # during some epochs (a 2-core box shared with tests or other runs), times the epoch count.
+        epoch_s = statistics.median(float(row.get("epoch_time", 0.0)) for row in rows) if rows else 0.0
+        seconds = epoch_s * len(rows)
+        points = [
+            (int(row["epoch"]), epoch_s * int(row["epoch"]), float(row["test_top1"]))
+            for row in rows
+            if row.get("test_top1") is not None
+        ]
         stem, seed = _stem_and_seed(folder)
         results.setdefault(names[stem], []).append(
             {
