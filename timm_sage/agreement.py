@@ -1,0 +1,164 @@
+"""``timm-sage agreement``: does a mixed image's label match what a trained model sees in it?
+
+For each mixing method, the test images are mixed in batches as in training, and a *judge* (a model
+trained without mixing, in eval mode) classifies every mixed image. Among images that mix two different
+classes, the table counts how often the judge recognises the class with the larger label share, the one
+with the smaller share, or neither. A label that often credits the image the judge does not see is label
+noise. SAGE's saliency comes from a second checkpoint (a SAGE-trained model, in train mode as in SAGE).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timm_sage._report import write_between_markers
+from timm_sage.config import SageConfig
+from timm_sage.mixup import SageMixup
+
+__all__ = ["add_arguments", "label_agreement", "run"]
+
+SECTION = "agreement"
+METHODS = ("sage", "mixup", "cutmix")
+
+
+def _mixer(
+    method: str, num_classes: int, saliency_model: torch.nn.Module | None, config: SageConfig, seed: int
+):
+    if method == "sage":
+        return SageMixup(
+            mode="sage", num_classes=num_classes, label_smoothing=0.0, model=saliency_model, seed=seed,
+            config=config,
+        )  # fmt: skip
+    alpha = {"mixup": (1.0, 0.0), "cutmix": (0.0, 1.0)}[method]
+    return SageMixup(
+        mixup_alpha=alpha[0], cutmix_alpha=alpha[1], num_classes=num_classes, label_smoothing=0.0
+    )
+
+
+@torch.no_grad()
+def _judge(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return model(images).argmax(1)
+
+
+def label_agreement(
+    judge: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    method: str,
+    *,
+    num_classes: int,
+    saliency_model: torch.nn.Module | None = None,
+    config: SageConfig | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mix ``batches`` with ``method`` and score the labels against ``judge``'s predictions.
+
+    Args:
+        judge: classifier (eval mode is set here) whose prediction stands for "what the image shows".
+        batches: ``[(x (B, C, H, W) float normalised, y (B,) long)]``.
+        method: ``"sage"`` (needs ``saliency_model``), ``"mixup"`` or ``"cutmix"`` (timm's batch mode).
+
+    Returns:
+        ``{"pairs", "larger", "smaller", "neither", "mean_larger_share"}``: counted over mixed images
+        whose two label shares (both above 0.05) name different classes; fractions of ``pairs``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "sage" and saliency_model is None:
+        raise ValueError("method='sage' needs saliency_model (a SAGE-trained model)")
+    np.random.seed(seed)  # timm's Mixup (mixup, cutmix) draws from numpy's global generator
+    mixer = _mixer(method, num_classes, saliency_model, config or SageConfig(), seed)
+    judge.eval()
+    counts = {"pairs": 0, "larger": 0, "smaller": 0, "neither": 0}
+    share_sum = 0.0
+    for x, y in batches:
+        mixed, target = mixer(x.clone(), y)
+        predicted = _judge(judge, mixed)
+        shares, classes = target.topk(2, dim=1)
+        two = shares[:, 1] > 0.05
+        counts["pairs"] += int(two.sum())
+        counts["larger"] += int((two & (predicted == classes[:, 0])).sum())
+        counts["smaller"] += int((two & (predicted == classes[:, 1])).sum())
+        share_sum += float(shares[two, 0].sum())
+    pairs = max(counts["pairs"], 1)
+    counts["neither"] = counts["pairs"] - counts["larger"] - counts["smaller"]
+    return {
+        "pairs": counts["pairs"],
+        "larger": counts["larger"] / pairs,
+        "smaller": counts["smaller"] / pairs,
+        "neither": counts["neither"] / pairs,
+        "mean_larger_share": share_sum / pairs,
+    }
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    lines = [
+        "| method | mixed pairs of two classes | judge sees the larger share | the smaller share | neither "
+        "| mean larger share |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, r in results.items():
+        lines.append(
+            f"| {method} | {r['pairs']} | {100 * r['larger']:.1f} % | {100 * r['smaller']:.1f} % "
+            f"| {100 * r['neither']:.1f} % | {r['mean_larger_share']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--judge", required=True, type=Path, help="checkpoint of a model trained without mixing"
+    )
+    parser.add_argument("--saliency", required=True, type=Path, help="checkpoint of a SAGE-trained model")
+    parser.add_argument(
+        "--config", required=True, help="the runs' training config (data, model, SAGE options)"
+    )
+    parser.add_argument("--images", type=int, default=2000, help="test images to mix (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--report", type=Path, default=None, help="Markdown file whose agreement section gets the table"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from timm_sage._checkpoint import build_model
+    from timm_sage.train.config import load_config
+    from timm_sage.train.data import BatchLoader, load_datasets
+
+    cfg = load_config(args.config)
+    _, test, info = load_datasets(cfg)
+    loader = BatchLoader(test, 100, info["mean"], info["std"], train=False, device=torch.device("cpu"))
+    batches, seen = [], 0
+    for x, y in loader.batches():
+        batches.append((x, y))
+        seen += y.shape[0]
+        if seen >= args.images:
+            break
+    num_classes = cfg.num_classes or len(test.classes)
+    judge = build_model(None, info["input_size"][0], num_classes, args.judge)
+    saliency_model = build_model(None, info["input_size"][0], num_classes, args.saliency).train()
+    config = SageConfig.from_mapping({k: v for k, v in cfg.items() if k != "sage_seed"}, prefix="sage_")
+    results = {
+        method: label_agreement(
+            judge,
+            batches,
+            method,
+            num_classes=num_classes,
+            saliency_model=saliency_model,
+            config=config,
+            seed=args.seed,
+        )  # fmt: skip
+        for method in METHODS
+    }
+    body = table(results)
+    print(body)
+    if args.report is not None:
+        command = (
+            f"timm-sage agreement --judge {args.judge} --saliency {args.saliency} --config {args.config} "
+            f"--images {args.images} --seed {args.seed}"
+        )
+        write_between_markers(args.report, f"Command: `{command}`\n\n{body}", SECTION)
+    return 0
