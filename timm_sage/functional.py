@@ -31,6 +31,7 @@ __all__ = [
     "SagePlan",
     "apply",
     "blur_maps",
+    "check_saliency",
     "mixing_mask",
     "normalise_saliency",
     "plan",

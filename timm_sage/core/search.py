@@ -53,7 +53,8 @@ def translation_scores(
     """Score ``v(tau)`` of every candidate translation for every image (SAGE.md section 3).
 
     ``v(tau) = sum[s0 * M + t * (1 - M)]`` with ``t`` the partner map shifted by ``tau`` and
-    ``M = s0 / max(s0 + t, 1e-16)``, computed as ``sum(t) + sum(M * (s0 - t))``.
+    ``M = s0 / max(s0 + t, 1e-16)``, computed as ``sum(s0) + sum(t * (t - s0) / max(s0 + t, 1e-16))``
+    (equal where ``s0 + t >= 1e-16``; below it the two differ by less than 1e-16).
 
     Args:
         anchor: (B, H, W) float32, the prior-weighted anchor maps ``s0``.
@@ -72,16 +73,18 @@ def translation_scores(
     rows = (height - 1 - translations[:, 0]).to(anchor.device)
     cols = (width - 1 - translations[:, 1]).to(anchor.device)
     s0 = anchor.reshape(batch, 1, pixels)
+    # Per pixel, s0 * M + t * (1 - M) = s0 + t * (t - s0) / (s0 + t): the score is the anchor's total
+    # plus a sum that vanishes wherever the shifted partner is zero. Written as five in-place passes
+    # over one (B, k, H*W) pair of buffers (the kernel is memory-bound), not nine.
     scores = []
     for start in range(0, translations.shape[0], chunk):
-        shifted = windows[:, rows[start : start + chunk], cols[start : start + chunk]]
-        shifted = shifted.reshape(batch, -1, pixels)
-        mask = torch.add(shifted, s0).clamp_min_(MASK_EPS)
-        mask = torch.div(s0, mask, out=mask)
-        shifted_total = shifted.sum(-1)
-        difference = shifted.neg_().add_(s0)  # s0 - t, reusing the shifted buffer
-        scores.append(shifted_total + torch.linalg.vecdot(mask, difference))
-    return torch.cat(scores, dim=1)
+        shifted = windows[:, rows[start : start + chunk], cols[start : start + chunk]].reshape(
+            batch, -1, pixels
+        )
+        gain = torch.sub(shifted, s0).mul_(shifted)  # t * (t - s0)
+        gain.div_(shifted.add_(s0).clamp_min_(MASK_EPS))  # / max(s0 + t, eps), t's buffer reused
+        scores.append(gain.sum(-1))
+    return torch.cat(scores, dim=1) + anchor.sum((1, 2)).unsqueeze(1)
 
 
 def shift_images(images: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
