@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from timm_sage._atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "METRIC_FIELDS",
@@ -37,32 +37,6 @@ METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "ema_test_top1", "lr",
     "epoch_time", "img_per_s", "skipped_sage_batches",
 )  # fmt: skip
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    return _atomic(Path(path), lambda handle: handle.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_args(folder: Path, cfg: Mapping[str, Any]) -> Path:
