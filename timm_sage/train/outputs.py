@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,10 +68,18 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A ``timm-sage train`` checkpoint, read with ``weights_only=True`` (older checkpoints, which hold
+    numpy RNG state, with numpy's array types allowed as well)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        from timm_sage._checkpoint import _numpy_safe_globals
+
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"resume: {path} is not a timm-sage train checkpoint")
     return state

@@ -48,15 +48,46 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """python, numpy and torch RNG states as ints, lists and tensors only: a checkpoint holding them loads
+    with ``torch.load(weights_only=True)`` (timm's ``load_checkpoint``, ``create_model(checkpoint_path=)``).
+    """
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": [int(w) for w in words], "gauss_next": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),  # uint32 values, int64 for torch
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    else:  # older checkpoints: the tuples themselves
+        random.setstate(python)
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].numpy(), dtype=np.uint32)
+        np.random.set_state(
+            (
+                numpy_state["kind"],
+                keys,
+                int(numpy_state["pos"]),
+                int(numpy_state["has_gauss"]),
+                float(numpy_state["cached_gaussian"]),
+            )
+        )
+    else:
+        np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
