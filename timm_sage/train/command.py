@@ -129,10 +129,11 @@ def _interrupted(stop) -> str:
         if stop.epoch > stop.epochs_saved and stop.epochs_saved < stop.num_epochs
         else ""
     )
-    folder = shlex.quote(str(stop.checkpoint.parent) + os.sep)
+    checkpoint = os.path.abspath(stop.checkpoint)
+    folder = shlex.quote(os.path.dirname(checkpoint) + os.sep)
     return (
         f"timm-sage train: interrupted (Ctrl-C) in epoch {stop.epoch}/{stop.num_epochs}. "
-        f"Checkpoint {stop.checkpoint} holds {saved}{lost}.\n"
+        f"Checkpoint {checkpoint} holds {saved}{lost}.\n"
         f"Resume with: timm-sage train --resume {folder}"
     )
 
