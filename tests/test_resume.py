@@ -96,7 +96,7 @@ def _fake_run(tmp_path: Path, with_args: bool = True) -> Path:
     config["output"] = str(tmp_path / "runs")
     cfg = command.load_config(None, config)
     run = tmp_path / "runs" / "tiny"
-    state = {"epoch": 1, "model": {}, **({"args": dict(cfg)} if with_args else {})}
+    state = {"epoch": 2, "model": {}, **({"args": dict(cfg)} if with_args else {})}
     outputs.save_checkpoint(run / "last.pth.tar", state)
     if not with_args:
         outputs.write_args(run, cfg)
@@ -114,6 +114,8 @@ def test_resume_restores_the_run_settings_and_allows_only_epochs_to_change(tmp_p
     assert cfg.resume == str(run / "last.pth.tar") and cfg.lr == 0.05 and cfg.epochs == 2
     assert cfg.data_dir == str(tmp_path / "data") and cfg.model_kwargs == {"width": 0.0625}
     assert _resume(["--resume", str(run / "last.pth.tar"), "--epochs", "5", "--lr", "0.05"]).epochs == 5
+    with pytest.raises(ValueError, match="epochs=1 is fewer than the 2 epochs the run has done"):
+        _resume(["--resume", str(run), "--epochs", "1"])
     with pytest.raises(ValueError, match="lr=0.3.*batch_size=4") as error:
         _resume(["--resume", str(run), "--lr", "0.3", "--batch-size", "4"])
     assert "the run has 0.05" in str(error.value) and "Only --epochs may change" in str(error.value)
@@ -129,6 +131,9 @@ def test_resume_with_the_config_again_checks_it_but_ignores_its_output_folder(tm
     monkeypatch.chdir(tmp_path)
     cfg = _resume(["--config", str(same), "--resume", str(run)])
     assert cfg.resume == str(run / "last.pth.tar") and cfg.epochs == 2
+    # timm-sage study's resume command: the config again, with its own --seed/--output/--experiment
+    study = ["--config", str(same), "--seed", "3", "--output", "runs", "--experiment", "tiny"]
+    assert _resume([*study, "--resume", str(run / "last.pth.tar")]).seed == 3
     other = tmp_path / "other.yaml"
     other.write_text(yaml.safe_dump({**_config(tmp_path), "epochs": 6, "sage_rand_pos": 0.5}))
     with pytest.raises(ValueError, match="epochs=6.*--config.*sage_rand_pos=0.5"):

@@ -41,6 +41,11 @@ def checkpoint_path(resume: str | os.PathLike) -> Path:
 
 def run_settings(checkpoint: Path) -> dict[str, Any]:
     """The run's resolved keys: the checkpoint's ``args``, else the ``args.yaml`` beside it."""
+    return _read(checkpoint)[0]
+
+
+def _read(checkpoint: Path) -> tuple[dict[str, Any], int]:
+    """(the run's resolved keys, the epochs its checkpoint has done)."""
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:  # an older checkpoint (numpy RNG state): load it the long way
@@ -49,11 +54,14 @@ def run_settings(checkpoint: Path) -> dict[str, Any]:
         state = load_checkpoint(checkpoint)
     except RuntimeError as error:
         raise ValueError(f"resume: {checkpoint} is not a readable checkpoint: {error}") from None
-    if isinstance(state, dict) and isinstance(state.get("args"), dict):
-        return dict(state["args"])
+    if not isinstance(state, dict) or "epoch" not in state:
+        raise ValueError(f"resume: {checkpoint} is not a timm-sage train checkpoint")
+    done = int(state["epoch"])
+    if isinstance(state.get("args"), dict):
+        return dict(state["args"]), done
     args_file = checkpoint.parent / "args.yaml"
     if args_file.is_file():
-        return read_yaml(args_file)
+        return read_yaml(args_file), done
     raise ValueError(
         f"resume: {checkpoint} stores no settings and {args_file} does not exist; "
         "is it a timm-sage train checkpoint?"
@@ -94,7 +102,8 @@ def resume_config(
             or ``epochs`` changed in the config file (change it on the command line).
     """
     checkpoint = checkpoint_path(resume)
-    stored = {_normalise_key(str(k)): v for k, v in run_settings(checkpoint).items()}
+    settings, done = _read(checkpoint)
+    stored = {_normalise_key(str(k)): v for k, v in settings.items()}
     source = f"resume: {checkpoint.parent}"
     run = resolve_config(stored, ignore_unsupported=True, source=source)
     given_file = {_normalise_key(str(k)): v for k, v in (config or {}).items()}
@@ -128,6 +137,8 @@ def resume_config(
             f"settings: leave these out (timm-sage train --resume {folder}/ restores them), or start a "
             "new run. Only --epochs may change on resume."
         )
+    if "epochs" in given_cli and merged.epochs < done:
+        raise ValueError(f"{source}: epochs={merged.epochs} is fewer than the {done} epochs the run has done")
     changes = {key: given_cli[key] for key in CHANGEABLE if key in given_cli}
     return resolve_config(
         stored, {**changes, "resume": str(checkpoint)}, ignore_unsupported=True, source=source
