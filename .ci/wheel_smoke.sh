@@ -10,6 +10,7 @@ PY="${PY:-python3.11}"
 TORCH_PINS="${TORCH_PINS:-torch==2.14.1 torchvision==0.29.1}"
 FMNIST="${FMNIST:-/usr/share/datasets/fashion-mnist}"
 unset PYTHONPATH
+umask 022  # the outputs must then be 0644
 TMP="$(mktemp -d -t timm-sage-wheel-smoke.XXXXXX)"
 trap 'rm -rf "$TMP"' EXIT
 step() { echo "[wheel-smoke] $*"; }
@@ -23,8 +24,9 @@ step "build the wheel"
 WHEEL="$(ls "$TMP"/dist/timm_sage-*.whl)"
 step "built $(basename "$WHEEL")"
 step "install it with $TORCH_PINS"
-"$VPY" -m pip install --quiet $TORCH_PINS
-"$VPY" -m pip install --quiet "$WHEEL" $TORCH_PINS
+# (pip's notes about the extra index's missing folders are noise here)
+"$VPY" -m pip install --quiet $TORCH_PINS 2> >(grep -v "is ignored: it is neither" >&2)
+"$VPY" -m pip install --quiet "$WHEEL" $TORCH_PINS 2> >(grep -v "is ignored: it is neither" >&2)
 
 mkdir "$TMP/cwd"
 cd "$TMP/cwd"
@@ -46,7 +48,9 @@ step "timm-sage train --config fashion_mnist_sage --train-subset 300 --epochs 1"
 RUN="$TMP/out/fashion_mnist_sage"
 for name in args.yaml metrics.csv summary.json last.pth.tar; do
     test -s "$RUN/$name" || { echo "[wheel-smoke] missing $RUN/$name"; exit 1; }
+    test "$(stat -c %a "$RUN/$name")" = 644 || { echo "[wheel-smoke] $RUN/$name is not 0644"; exit 1; }
 done
+step "outputs: $(cd "$RUN" && stat -c '%n %a' * | tr '\n' ' ')"
 step "last.pth.tar loads with timm.models.load_checkpoint (weights_only)"
 "$VPY" -c "
 import sys, timm, timm_sage

@@ -27,6 +27,10 @@ from timm_sage.train.configs import find_config
 from timm_sage.train.resume import resume_config
 
 _DEST = "cfg__"
+_OUTPUTS = (
+    "summary.json", "metrics.csv", "metrics.jsonl", "args.yaml", "last.pth.tar", "curves.png",
+    "mixed_batch.png",
+)  # fmt: skip
 
 __all__ = ["add_arguments", "config_from_args", "main", "run"]
 
@@ -173,8 +177,7 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         f"timm-sage train: done in {summary['wall_time_s']:.0f} s: "
         f"final test top-1 {summary['final_top1']:.2f}% "
         f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
-        f"outputs in {folder}/: summary.json, metrics.csv, metrics.jsonl, args.yaml, last.pth.tar, "
-        f"curves.png" + (", mixed_batch.png" if (folder / "mixed_batch.png").is_file() else ""),
+        f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
         flush=True,
     )
     return 0
