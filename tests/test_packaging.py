@@ -4,6 +4,7 @@ or device."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -36,9 +37,13 @@ def test_wheel_carries_the_configs_and_the_license(tmp_path):
     setuptools = pytest.importorskip("setuptools")
     if int(setuptools.__version__.split(".")[0]) < 77:
         pytest.skip("pyproject.toml needs setuptools >= 77 (SPDX licence string)")
+    # a copy without build outputs, so a stale build/ of the checkout cannot leak into the wheel
+    source = tmp_path / "source"
+    skip = (".*", "build", "*.egg-info", "__pycache__", "output", "runs", "dist")
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*skip))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(ROOT)],
+         str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("timm_sage-*.whl")
