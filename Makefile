@@ -6,7 +6,7 @@ VPY     := $(VENV)/bin/python
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FMNIST  := /usr/share/datasets/fashion-mnist
 
-.PHONY: install run test lint bench data gpu-check
+.PHONY: install run test lint bench data gpu-check wheel-smoke
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -25,7 +25,7 @@ data:
 	fi
 
 run: install data
-	$(VENV)/bin/timm-sage train --config train_configs/fashion_mnist_sage.yaml
+	$(VENV)/bin/timm-sage train --config fashion_mnist_sage
 
 test: install data
 	HF_HUB_OFFLINE=1 $(VPY) -m pytest
@@ -39,3 +39,8 @@ bench: install
 # On a machine with a CUDA GPU and its own torch: CUDA tests and the CUDA benchmarks (docs/benchmarks.md).
 gpu-check:
 	.ci/gpu_check.sh $(OUT)
+
+# The built wheel in a fresh virtual environment (not editable, repository off the path): import, version,
+# configs and a one-epoch run on 300 images (installs torch into a temporary venv: a few minutes).
+wheel-smoke: data
+	PY=$(PY) TORCH_PINS="$(TORCH_PINS)" FMNIST=$(FMNIST) bash .ci/wheel_smoke.sh

@@ -1,6 +1,6 @@
 """A slow, obvious re-statement of SAGE.md sections 2 to 4: one image, one candidate at a time.
 
-Written independently of timm_sage._search (no unfold, no gather, no chunking) to check the fast path.
+Written independently of timm_sage.core.search (no unfold, no gather, no chunking) to check the fast path.
 """
 
 from __future__ import annotations

@@ -196,11 +196,11 @@ def test_end_to_end_outputs_and_exact_resume_after_a_kill(tmp_path):
     with pytest.raises(StopForTest):
         killed.fit(stop_after_steps=4)
     checkpoint = tmp_path / "out" / "killed" / "last.pth.tar"
-    assert torch.load(checkpoint, weights_only=False)["epoch"] == 1
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     resumed = Trainer(load_config(None, {**config, "resume": str(checkpoint)}), progress=False)
     assert resumed.output_dir == checkpoint.parent and resumed.start_epoch == 1
     resumed_summary = resumed.fit()
-    reference = torch.load(full / "last.pth.tar", weights_only=False)
+    reference = torch.load(full / "last.pth.tar", weights_only=True)
     for key, value in reference["model"].items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     for key, value in reference["ema"].items():
@@ -230,3 +230,49 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
             assert (cfg.mixup_mode == "sage") == path.name.endswith("_sage.yaml")
     sage = load_config(folder / "cifar100_wrn16_8_sage.yaml")
     assert (sage.sage_upper_lambda, sage.sage_update_ratio) == (0.7, 0.5)
+
+
+# ---------------------------------------------------------------------- checkpoints timm can read
+def test_last_checkpoint_loads_in_timm_under_weights_only(tmp_path):
+    config = {**_tiny_config(tmp_path), "epochs": 1, "experiment": "run"}
+    trainer = Trainer(load_config(None, config), progress=False)
+    trainer.fit()
+    path = tmp_path / "out" / "run" / "last.pth.tar"
+    state = torch.load(path, map_location="cpu", weights_only=True)  # torch's safe loader accepts it
+    assert state["epoch"] == 1 and state["arch"] == "preactresnet18_tiny"
+    assert isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+    assert state["mixer_rng"]["generator"].dtype == torch.uint8 and state["ema"] is not None
+    assert state["mixer_rng"]["host"]["bit_generator"] == "PCG64"  # plain ints and strings
+
+    model = timm.create_model("preactresnet18_tiny", num_classes=3, width=0.0625)
+    timm.models.load_checkpoint(model, str(path))  # timm's loader, weights_only=True by default
+    created = timm.create_model("preactresnet18_tiny", num_classes=3, width=0.0625, checkpoint_path=str(path))
+    for loaded in (model, created):
+        for key, value in loaded.state_dict().items():
+            assert torch.equal(value, state["model"][key]), key
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from timm_sage.train import outputs
+    from timm_sage.train.session import _rng_state, _set_rng_state
+
+    random.seed(5)
+    np.random.seed(6)
+    torch.manual_seed(7)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    random.gauss(0, 1)
+    outputs.save_checkpoint(tmp_path / "c.pth.tar", {"epoch": 0, "model": {}, "rng": _rng_state()})
+    expected = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    _set_rng_state(outputs.load_checkpoint(tmp_path / "c.pth.tar")["rng"])
+    got = (random.random(), random.gauss(0, 1), np.random.standard_normal(), torch.rand(3))
+    assert got[:3] == expected[:3] and torch.equal(got[3], expected[3])
+    # a checkpoint of an older version (numpy's own state tuple) still resumes
+    old = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save({"epoch": 0, "model": {}, "rng": old}, tmp_path / "old.pth.tar")
+    expected = (random.random(), np.random.standard_normal())
+    _set_rng_state(outputs.load_checkpoint(tmp_path / "old.pth.tar")["rng"])
+    assert (random.random(), np.random.standard_normal()) == expected

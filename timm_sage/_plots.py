@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from timm_sage._atomic import atomic_path
 
 
 def _pyplot():
@@ -21,11 +21,8 @@ def _pyplot():
 def save_figure_atomic(figure, path: str | Path, dpi: int = 110) -> Path:
     """Save a matplotlib figure as PNG through a temporary file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".png", delete=False) as handle:
-        tmp = handle.name
-    figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format="png", bbox_inches="tight")
     return path
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from timm_sage._atomic import atomic_write_text
 
 
 def write_between_markers(markdown: Path, body: str, name: str) -> None:
@@ -18,10 +18,7 @@ def write_between_markers(markdown: Path, body: str, name: str) -> None:
         text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=markdown.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, markdown)
+    atomic_write_text(markdown, text)
 
 
 def read_between_markers(markdown: Path, name: str) -> str | None:

@@ -6,13 +6,14 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from timm_sage._atomic import atomic_write_text
 
 
 @dataclass
@@ -68,10 +69,5 @@ def format_table(rows: list[BenchRow]) -> str:
 
 
 def write_json_atomic(path: str | Path, rows: list[BenchRow], meta: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "rows": [asdict(row) for row in rows]}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        json.dump(payload, handle, indent=2)
-        tmp = handle.name
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm_sage import functional
+from timm_sage._atomic import atomic_open, atomic_write_text
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SageConfig, add_option_arguments
 from timm_sage.core import checks as _checks
@@ -62,19 +63,16 @@ def _write_safetensors(
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     written = 0
-    with open(tmp, "wb") as handle:
+    with atomic_open(path) as handle:  # a short write raises inside: the temporary file is removed
         handle.write(struct.pack("<Q", len(encoded)))
         handle.write(encoded)
         for name, array in chunks:
             code = header[name]["dtype"]
             handle.write(np.ascontiguousarray(array, dtype=_DTYPES[code][0]).tobytes())
             written += array.size * _DTYPES[code][1]
-    if written != offset:
-        tmp.unlink()
-        raise RuntimeError(f"saliency cache writer got {written} bytes for {offset} expected")
-    os.replace(tmp, path)
+        if written != offset:
+            raise RuntimeError(f"saliency cache writer got {written} bytes for {offset} expected")
 
 
 class SaliencyCache:
@@ -286,7 +284,7 @@ def build_cache(
             f"{partial} holds a build with other settings or data; pass restart=True (--restart) "
             "to discard it"
         )
-    stamp.write_text(fingerprint)
+    atomic_write_text(stamp, fingerprint)
     count = positions_all.size
     parts = [range(start, min(start + part_size, count)) for start in range(0, count, part_size)]
     part_path = lambda k: partial / f"part-{k:06d}.safetensors"  # noqa: E731

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "timm_sage.train.command",
         "train a classifier with SAGE or a baseline mixing (timm-style YAML)",
     ),
+    "configs": ("timm_sage.train.configs", "list the shipped training configs (or print one)"),
     "recipe": ("timm_sage.recipes", "turn a timm recipe (file, folder, hf-hub:ORG/REPO) into a SAGE config"),
     "saliency": ("timm_sage.cache", "compute a saliency cache for a dataset with a trained model"),
     "show": ("timm_sage.viz", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
@@ -67,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"timm-sage {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"timm-sage {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

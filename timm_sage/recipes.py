@@ -106,7 +106,7 @@ def sage_recipe(recipe: dict[str, Any], sets: dict[str, Any] | None = None) -> d
 
 def write_recipe(path: str | Path, recipe: dict[str, Any], header: str = "") -> Path:
     """Write ``recipe`` as flat YAML, atomically (temporary file, then rename)."""
-    from timm_sage.train.outputs import atomic_write_text
+    from timm_sage._atomic import atomic_write_text
 
     text = yaml.safe_dump(recipe, default_flow_style=False, sort_keys=False)
     return atomic_write_text(path, header + text)

@@ -16,8 +16,6 @@ can be checked without looking at pixels. matplotlib is imported inside the plot
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 
 from timm_sage import functional
+from timm_sage._atomic import atomic_path
 from timm_sage._viz_data import DEFAULT_MODEL, Batch, build_model, load_display_batch, load_images, warm_up
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SageConfig, add_option_arguments
@@ -254,19 +253,9 @@ def _imshow(ax, image: torch.Tensor) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    """Write the figure atomically (temporary file in the same folder, then ``os.replace``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
+    """Write the figure atomically (:func:`timm_sage._atomic.atomic_path`)."""
+    with atomic_path(path) as temporary:
         fig.savefig(temporary, dpi=DPI, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

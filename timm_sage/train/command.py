@@ -1,18 +1,36 @@
-"""``timm-sage train --config FILE.yaml [--key value ...]``: train with a timm train.py-style config.
+"""``timm-sage train --config FILE.yaml|NAME [--key value ...]``: train with a timm train.py-style config.
 
 Any key of the config can be overridden on the command line with train.py's flag spelling
 (``--batch-size 64``, ``--input-size 1 28 28``, ``--amp``, ``--no-aug``) or the YAML spelling
-(``--batch_size 64``). Unknown keys are errors that name them.
+(``--batch_size 64``). Unknown keys are errors that name them. ``--config`` takes a file or the name of
+a shipped config (``timm-sage configs``). ``--resume RUN/`` continues a run with its own settings in its
+own folder (:mod:`timm_sage.train.resume`); Ctrl-C leaves a checkpoint and prints the resume command.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
-from timm_sage.train.config import DEFAULT_ONLY, NEUTRAL, SUPPORTED, TrainConfig, load_config
+from timm_sage.train.config import (
+    DEFAULT_ONLY,
+    NEUTRAL,
+    SUPPORTED,
+    TrainConfig,
+    _normalise_key,
+    load_config,
+    read_yaml,
+)
+from timm_sage.train.configs import find_config
+from timm_sage.train.resume import resume_config
 
 _DEST = "cfg__"
+_OUTPUTS = (
+    "summary.json", "metrics.csv", "metrics.jsonl", "args.yaml", "last.pth.tar", "curves.png",
+    "mixed_batch.png",
+)  # fmt: skip
 
 __all__ = ["add_arguments", "config_from_args", "main", "run"]
 
@@ -22,8 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-c",
         "--config",
         default=None,
-        metavar="FILE.yaml",
-        help="timm train.py-style YAML config (e.g. train_configs/fashion_mnist_sage.yaml)",
+        metavar="FILE.yaml|NAME",
+        help="timm train.py-style YAML config: a file, or a shipped config's name (timm-sage configs), "
+        "e.g. fashion_mnist_sage; optional with --resume",
     )
     parser.add_argument(
         "--ignore-unsupported",
@@ -43,25 +62,105 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Outputs land in OUTPUT/EXPERIMENT (default output/train/<date>-<model>-<size>): args.yaml, "
         "metrics.csv, metrics.jsonl, summary.json, last.pth.tar, mixed_batch.png, curves.png. "
-        "Continue a stopped run with --resume OUTPUT/EXPERIMENT/last.pth.tar."
+        "Continue a stopped run with --resume OUTPUT/EXPERIMENT/ (its settings and folder are the run's; "
+        "only --epochs may change)."
     )
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The resolved config: ``--config`` YAML with the command-line keys over it."""
+    """The resolved config: ``--config`` YAML with the command-line keys over it; with ``--resume``, the
+    run's own settings (keys given again must agree, ``--epochs`` may change)."""
     overrides = {
         name[len(_DEST) :]: True if not value else value[0] if len(value) == 1 else value
         for name, value in vars(args).items()
         if name.startswith(_DEST)
     }
-    return load_config(args.config, overrides, ignore_unsupported=args.ignore_unsupported)
+    path = find_config(args.config) if args.config is not None else None
+    raw = read_yaml(path) if path is not None else None
+    resume = overrides.get("resume") or next(
+        (value for key, value in (raw or {}).items() if _normalise_key(str(key)) == "resume"), None
+    )
+    if isinstance(resume, str) and resume:
+        return resume_config(
+            resume,
+            raw,
+            overrides,
+            config_name=f"--config {args.config}",
+            ignore_unsupported=args.ignore_unsupported,
+        )
+    cfg = load_config(path, overrides, ignore_unsupported=args.ignore_unsupported)
+    for key in ("data_dir", "data", "initial_checkpoint", "class_map"):  # a resume from elsewhere finds them
+        if cfg[key] and os.path.exists(cfg[key]):
+            cfg[key] = os.path.abspath(cfg[key])
+    return cfg
+
+
+def check_model_and_device(cfg: TrainConfig) -> None:
+    """ValueError naming ``model`` or ``device`` before anything is built (no traceback from timm/torch)."""
+    import timm
+    import torch
+
+    import timm_sage.models  # noqa: F401  (registers the CIFAR networks)
+
+    name = cfg.model
+    if ":" not in name and not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5] if name else []
+        hint = f"; similar names: {', '.join(close)}" if close else ""
+        raise ValueError(f"model: {name!r} is not a timm model name (timm.list_models() lists them){hint}")
+    if cfg.device is None:
+        return
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as error:
+        raise ValueError(f"device: {cfg.device!r} is not a torch device ({error})") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device: {cfg.device!r} asked for, but no CUDA GPU is available to torch "
+                f"(torch {torch.__version__}); use --device cpu or leave device unset"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device: {cfg.device!r} asked for, but there are only {count} CUDA GPU(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device: {cfg.device!r} asked for, but MPS is not available; use --device cpu")
+
+
+def _interrupted(stop) -> str:
+    saved = "the start of training" if stop.epochs_saved == 0 else f"the end of epoch {stop.epochs_saved}"
+    lost = (
+        f"; the finished steps of epoch {stop.epoch} are not in it"
+        if stop.epoch > stop.epochs_saved and stop.epochs_saved < stop.num_epochs
+        else ""
+    )
+    checkpoint = os.path.abspath(stop.checkpoint)
+    folder = shlex.quote(os.path.dirname(checkpoint) + os.sep)
+    return (
+        f"timm-sage train: interrupted (Ctrl-C) in epoch {stop.epoch}/{stop.num_epochs}. "
+        f"Checkpoint {checkpoint} holds {saved}{lost}.\n"
+        f"Resume with: timm-sage train --resume {folder}"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config, train, print where the outputs are; returns 0."""
-    from timm_sage.train.session import Trainer
+    """Resolve the config, train, print where the outputs are; returns 0 (130 after Ctrl-C)."""
+    from timm_sage.train.session import TrainingInterrupted
 
     cfg = config_from_args(args)
+    check_model_and_device(cfg)
+    try:
+        return _train(cfg, args)
+    except TrainingInterrupted as stop:
+        print(_interrupted(stop), file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print("timm-sage train: interrupted (Ctrl-C) before training started", file=sys.stderr)
+        return 130
+
+
+def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
+    from timm_sage.train.session import Trainer
+
     trainer = Trainer(cfg, progress=not args.no_progress)
     print(
         f"timm-sage train: {cfg.model} ({trainer.param_count / 1e6:.2f} M params) "
@@ -78,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
         f"timm-sage train: done in {summary['wall_time_s']:.0f} s: "
         f"final test top-1 {summary['final_top1']:.2f}% "
         f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
-        f"outputs in {folder}/: summary.json, metrics.csv, metrics.jsonl, args.yaml, last.pth.tar, "
-        f"curves.png" + (", mixed_batch.png" if (folder / "mixed_batch.png").is_file() else ""),
+        f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
         flush=True,
     )
     return 0

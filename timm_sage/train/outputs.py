@@ -10,8 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
+import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Any
 
 import torch
 import yaml
+
+from timm_sage._atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "METRIC_FIELDS",
@@ -37,32 +38,6 @@ METRIC_FIELDS = (
     "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "ema_test_top1", "lr",
     "epoch_time", "img_per_s", "skipped_sage_batches",
 )  # fmt: skip
-
-
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    return _atomic(Path(path), lambda handle: handle.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_args(folder: Path, cfg: Mapping[str, Any]) -> Path:
@@ -93,10 +68,18 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A ``timm-sage train`` checkpoint, read with ``weights_only=True`` (older checkpoints, which hold
+    numpy RNG state, with numpy's array types allowed as well)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"resume: checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        from timm_sage._checkpoint import _numpy_safe_globals
+
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise ValueError(f"resume: {path} is not a timm-sage train checkpoint")
     return state

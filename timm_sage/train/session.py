@@ -6,9 +6,12 @@ Built from timm's own pieces: ``create_model``, ``create_optimizer_v2`` (``optim
 
 Determinism: ``seed`` seeds python, numpy and torch before the model is built; the loader reseeds its
 shuffle and augmentation from ``(seed, epoch)``; the mixer has its own generator (``sage_seed`` or
-``seed``). A checkpoint at each epoch end holds every state (model, optimizer, scheduler, EMA, AMP
-scaler, mixer generator, python/numpy/torch RNG), so a run killed anywhere and resumed from its last
-checkpoint ends with the same weights as one never interrupted (on the same device and thread count).
+``seed``). A checkpoint at the start and at each epoch end holds every state (model, optimizer,
+scheduler, EMA, AMP scaler, mixer generator, python/numpy/torch RNG), so a run killed anywhere and resumed
+from its last checkpoint ends with the same weights as one never interrupted (on the same device and
+thread count). It holds tensors, numbers, strings, lists and dicts only: timm's ``load_checkpoint`` and
+``create_model(checkpoint_path=...)`` read its ``model`` weights under ``weights_only=True``. A resumed run
+continues in the checkpoint's folder; Ctrl-C raises :class:`TrainingInterrupted` naming the checkpoint.
 """
 
 from __future__ import annotations
@@ -32,14 +35,26 @@ from timm_sage.train import outputs
 from timm_sage.train.config import TrainConfig
 from timm_sage.train.data import BatchLoader, load_datasets
 from timm_sage.train.loop import evaluate, hard_labels, train_step
+from timm_sage.train.resume import checkpoint_path
 
-__all__ = ["STOP_ENV", "StopForTest", "Trainer"]
+__all__ = ["STOP_ENV", "StopForTest", "Trainer", "TrainingInterrupted"]
 
 STOP_ENV = "TIMM_SAGE_STOP_AFTER_STEPS"  # test hook: raise StopForTest after this many optimizer steps
 
 
 class StopForTest(RuntimeError):
     """Raised by the test hook to simulate a run killed in the middle of an epoch."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :meth:`Trainer.fit`: ``checkpoint`` holds the state after ``epochs_saved`` epochs
+    (0: the start of training); ``epoch`` is the 1-based epoch that was running (its steps are lost)."""
+
+    def __init__(self, checkpoint: Path, epochs_saved: int, epoch: int, num_epochs: int) -> None:
+        super().__init__(f"interrupted in epoch {epoch}/{num_epochs}; {checkpoint} holds {epochs_saved}")
+        self.checkpoint, self.epochs_saved, self.epoch, self.num_epochs = (
+            checkpoint, epochs_saved, epoch, num_epochs,
+        )  # fmt: skip
 
 
 def seed_everything(seed: int) -> None:
@@ -49,15 +64,46 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """python, numpy and torch RNG states as ints, lists and tensors only: a checkpoint holding them loads
+    with ``torch.load(weights_only=True)`` (timm's ``load_checkpoint``, ``create_model(checkpoint_path=)``).
+    """
+    version, words, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": {"version": int(version), "state": [int(w) for w in words], "gauss_next": gauss},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),  # uint32 values, int64 for torch
+            "pos": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python, numpy_state = state["python"], state["numpy"]
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(python["state"]), python["gauss_next"]))
+    else:  # older checkpoints: the tuples themselves
+        random.setstate(python)
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].numpy(), dtype=np.uint32)
+        np.random.set_state(
+            (
+                numpy_state["kind"],
+                keys,
+                int(numpy_state["pos"]),
+                int(numpy_state["has_gauss"]),
+                float(numpy_state["cached_gaussian"]),
+            )
+        )
+    else:
+        np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -168,13 +214,13 @@ class Trainer:
         self.num_updates = 0
         self.elapsed_before = 0.0
         if cfg.resume:
-            self._restore(outputs.load_checkpoint(cfg.resume))
+            self._restore(outputs.load_checkpoint(checkpoint_path(cfg.resume)))
 
     # ------------------------------------------------------------------------------------ set-up
     def _output_dir(self) -> Path:
         cfg = self.cfg
-        if cfg.resume and not cfg.experiment:  # continue in the checkpoint's folder
-            return Path(cfg.resume).resolve().parent
+        if cfg.resume:  # continue in the run's own folder, whatever output/experiment and the cwd say
+            return checkpoint_path(cfg.resume).parent
         name = cfg.experiment or "-".join(
             [datetime.now().strftime("%Y%m%d-%H%M%S"), cfg.model.replace("/", "_"), str(cfg.input_size[-1])]
         )
@@ -202,7 +248,10 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state.get("scheduler") is not None:
+        # With a new epoch count (the one key a resume may change) the schedule is rebuilt for the new
+        # length rather than restored; otherwise its state is restored exactly.
+        same_length = int(state.get("args", {}).get("epochs", self.cfg.epochs)) == self.cfg.epochs
+        if self.scheduler is not None and state.get("scheduler") is not None and same_length:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
@@ -228,8 +277,21 @@ class Trainer:
         folder = self.output_dir
         folder.mkdir(parents=True, exist_ok=True)
         outputs.write_args(folder, self.cfg)
+        self._epochs_saved = self.start_epoch
+        if self.start_epoch == 0:  # a Ctrl-C in the first epoch can resume from here
+            self._save_checkpoint(0)
+        self._epoch = self.start_epoch
+        try:
+            return self._fit(stop_after_steps)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                folder / "last.pth.tar", self._epochs_saved, self._epoch + 1, self.num_epochs
+            ) from None
+
+    def _fit(self, stop_after_steps: int | None) -> dict[str, Any]:
         steps_this_run = 0
         for epoch in range(self.start_epoch, self.num_epochs):
+            self._epoch = epoch
             if self.mixer is not None:
                 off = self.cfg.mixup_off_epoch
                 self.mixer.mixup_enabled = not (off and epoch >= off)
@@ -366,7 +428,11 @@ class Trainer:
             )
         title = f"{self.cfg.model} on {self.cfg.dataset or 'folder'}"
         outputs.write_curves(folder / "curves.png", self.rows, title)
-        outputs.save_checkpoint(folder / "last.pth.tar", self._state(epochs_done))
+        self._save_checkpoint(epochs_done)
+
+    def _save_checkpoint(self, epochs_done: int) -> None:
+        outputs.save_checkpoint(self.output_dir / "last.pth.tar", self._state(epochs_done))
+        self._epochs_saved = epochs_done
 
     def _finish(self) -> dict[str, Any]:
         rows = self.rows
