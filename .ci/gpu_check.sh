@@ -19,5 +19,5 @@ export HF_HUB_OFFLINE=1
 timeout 180 "$py" -m pytest -q -p no:cacheprovider -k "cuda or CUDA" tests/test_amp.py tests/test_fuzz.py tests/test_one_step.py \
   2>&1 | tee "$out/cuda_tests.txt" | tail -5
 cp docs/benchmarks.md "$out/benchmarks.md"
-timeout 420 "$py" -m timm_sage.cli bench mix step --device cuda --repeats 20 --warmup 5 \
+timeout 420 "$py" -m timm_sage.tools.cli bench mix step --device cuda --repeats 20 --warmup 5 \
   --json "$out/bench_cuda.json" --report "$out/benchmarks.md" 2>&1 | tee "$out/bench_cuda.txt" | tail -40

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from timm_sage import agreement
+from timm_sage.tools import agreement
 
 
 class _StubMixer:

@@ -14,9 +14,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from timm_sage import functional
-from timm_sage._idx import load_idx_split, open_dataset
 from timm_sage.albumentations import SageMix, SageMixDataset
-from timm_sage.cache import SaliencyCache, build_cache
+from timm_sage.data.cache import SaliencyCache, build_cache
+from timm_sage.data.idx import load_idx_split, open_dataset
 from timm_sage.mixup import SageMixup, SageParams
 from timm_sage.transforms import SAGE
 

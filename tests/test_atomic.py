@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from timm_sage import _atomic
-from timm_sage._report import write_between_markers
-from timm_sage.recipes import write_recipe
+from timm_sage.tools.recipes import write_recipe
+from timm_sage.tools.report import write_between_markers
 from timm_sage.train import outputs
 
 PACKAGE = Path(__file__).resolve().parents[1] / "timm_sage"
@@ -72,7 +72,7 @@ def test_train_recipe_report_and_figure_writers_give_0644(tmp_path, umask_0022):
     write_recipe(tmp_path / "recipe.yaml", {"model": "resnet18", "mixup": 1.0, "mixup_mode": "sage"})
     write_between_markers(tmp_path / "report.md", "| a |", "table")
     pytest.importorskip("matplotlib")
-    from timm_sage._plots import _pyplot, save_figure_atomic
+    from timm_sage.tools.plots import _pyplot, save_figure_atomic
 
     plt = _pyplot()
     figure = plt.figure(figsize=(1, 1))

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from timm_sage import cli
-from timm_sage._report import read_between_markers
+from timm_sage.tools import cli
+from timm_sage.tools.report import read_between_markers
 
 
 def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):

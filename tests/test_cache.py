@@ -1,4 +1,4 @@
-"""timm_sage.cache: build -> read roundtrip, resume, the CLI, and bounded memory in DataLoader workers."""
+"""timm_sage.data.cache: build -> read roundtrip, resume, the CLI, bounded memory in DataLoader workers."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from safetensors import safe_open
 from torch import nn
 from torch.utils.data import DataLoader
 
-from timm_sage import cli, functional
-from timm_sage._idx import open_dataset
-from timm_sage.cache import SaliencyCache, _write_safetensors, build_cache
+from timm_sage import functional
+from timm_sage.data.cache import SaliencyCache, _write_safetensors, build_cache
+from timm_sage.data.idx import open_dataset
+from timm_sage.tools import cli
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="Fashion-MNIST idx files not installed")

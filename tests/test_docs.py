@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from timm_sage.cli import COMMANDS
+from timm_sage.tools.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])

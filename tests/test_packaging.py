@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import timm_sage
-from timm_sage import cli
+from timm_sage.tools import cli
 from timm_sage.train.configs import describe, find_config, packaged_configs
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from timm_sage import recipes
+from timm_sage.tools import recipes
 from timm_sage.train.config import resolve_config, unsupported_keys
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -43,7 +43,7 @@ def test_hf_hub_recipe_offline_through_the_cli(tmp_path):
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     done = subprocess.run(
-        [sys.executable, "-m", "timm_sage.cli", "recipe", "hf-hub:timm/vit_little_sbb", "-o", str(out),
+        [sys.executable, "-m", "timm_sage.tools.cli", "recipe", "hf-hub:timm/vit_little_sbb", "-o", str(out),
          "--set", "sage_upper_lambda=0.5", "--set", "epochs=10"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

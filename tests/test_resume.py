@@ -13,7 +13,7 @@ import torch
 import yaml
 from test_data import make_image_folder
 
-from timm_sage import cli
+from timm_sage.tools import cli
 from timm_sage.train import command, outputs
 from timm_sage.train.resume import resume_config
 from timm_sage.train.session import STOP_ENV, StopForTest, Trainer

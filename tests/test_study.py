@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from timm_sage import study
+from timm_sage.tools import study
 
 
 def _fake_run(root, config_stem, seed, curve, epoch_time=1.0, train_top1=None):

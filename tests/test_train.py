@@ -14,9 +14,9 @@ from test_data import make_image_folder
 from timm.loss import SoftTargetCrossEntropy
 
 import timm_sage.models  # noqa: F401
-from timm_sage import cli
 from timm_sage.functional import saliency_map
 from timm_sage.mixup import SageMixup
+from timm_sage.tools import cli
 from timm_sage.train import command
 from timm_sage.train.config import load_config, parse_overrides, resolve_config
 from timm_sage.train.loop import train_step

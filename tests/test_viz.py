@@ -14,10 +14,12 @@ import pytest
 import torch
 from sage_oracle import oracle_sage
 
-from timm_sage import cli, functional, viz
-from timm_sage._idx import FASHION_MNIST_ROOT as DEFAULT_ROOT
-from timm_sage._idx import read_idx
-from timm_sage._viz_data import load_display_batch
+from timm_sage import functional
+from timm_sage.data.idx import FASHION_MNIST_ROOT as DEFAULT_ROOT
+from timm_sage.data.idx import read_idx
+from timm_sage.tools import cli
+from timm_sage.tools import show as viz
+from timm_sage.tools.show_data import load_display_batch
 
 needs_fmnist = pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason="Fashion-MNIST is not installed")
 
@@ -125,7 +127,7 @@ def test_comparison_data_labels_and_mixes(fmnist_saliency):
 
 def test_library_does_not_import_matplotlib():
     code = (
-        "import sys, timm_sage, timm_sage.viz, timm_sage.functional, timm_sage.mixup\n"
+        "import sys, timm_sage, timm_sage.tools.show, timm_sage.functional, timm_sage.mixup\n"
         "assert 'matplotlib' not in sys.modules, 'importing timm_sage pulled in matplotlib'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -133,8 +135,8 @@ def test_library_does_not_import_matplotlib():
 
 def test_cli_parser_does_not_import_matplotlib():
     code = (
-        "import sys, timm_sage.cli\n"
-        "timm_sage.cli.build_parser()\n"
+        "import sys, timm_sage.tools.cli\n"
+        "timm_sage.tools.cli.build_parser()\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib')\n"
         "assert not bad, f'building the timm-sage parser imported {bad[:3]}'\n"
     )

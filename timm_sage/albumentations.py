@@ -12,7 +12,7 @@ The partner sample travels through a metadata key, as ``Mosaic``'s partners do::
 The translation search and the mask are :func:`timm_sage.functional.sage_mix` on the pair, so the result
 equals what :class:`timm_sage.transforms.SAGE` and :class:`timm_sage.mixup.SageMixup` produce for the same
 images, maps, prior and candidate translations. :class:`SageMixDataset` pairs samples with random
-partners and their cached saliency (:class:`timm_sage.cache.SaliencyCache`) for a DataLoader.
+partners and their cached saliency (:class:`timm_sage.data.cache.SaliencyCache`) for a DataLoader.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class SageMixDataset(torch.utils.data.Dataset):
     Args:
         images: indexable of (H, W[, C]) uint8/float32 arrays (e.g. an (N, H, W) array).
         labels: indexable of int labels.
-        saliency: ``saliency[i] -> (H, W)`` map of sample i (a :class:`timm_sage.cache.SaliencyCache`).
+        saliency: ``saliency[i] -> (H, W)`` map of sample i (a :class:`timm_sage.data.cache.SaliencyCache`).
         transform: an ``A.Compose`` holding a :class:`SageMix` (with its default keys).
         to_tensor: optional ``image -> tensor`` applied after ``transform``.
         seed: partners are drawn from a generator seeded by ``seed`` (and by the worker's seed in

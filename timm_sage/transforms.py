@@ -2,7 +2,7 @@
 
 ``SAGE(num_classes=10, model=model)(images, labels)`` mixes a batch with saliency from the live model;
 ``SAGE(num_classes=10)(images, labels, saliency)`` (or a dict sample with a ``"saliency"`` entry) uses
-precomputed maps, e.g. from :class:`timm_sage.cache.SaliencyCache`, and then works in a ``collate_fn``.
+precomputed maps, e.g. from :class:`timm_sage.data.cache.SaliencyCache`, and then works in a ``collate_fn``.
 The checks and error messages on the inputs are those of ``v2.MixUp``.
 """
 

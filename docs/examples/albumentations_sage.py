@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fmnist  # noqa: E402
 
 from timm_sage.albumentations import SageMix, SageMixDataset  # noqa: E402
-from timm_sage.cache import SaliencyCache, build_cache  # noqa: E402
+from timm_sage.data.cache import SaliencyCache, build_cache  # noqa: E402
 
 
 def normalised(images) -> torch.Tensor:

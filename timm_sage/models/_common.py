@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
+from timm_sage.data.stats import DATASET_STATS
+
+CIFAR_MEAN, CIFAR_STD = DATASET_STATS["cifar10"]
 
 
 def cifar_cfg(**overrides: Any) -> dict[str, Any]:

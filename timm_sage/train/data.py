@@ -24,19 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from timm_sage import _idx
+from timm_sage.data import idx as _idx
+from timm_sage.data.cifar import FOLDERS, read_cifar
+from timm_sage.data.stats import DATASET_STATS
 
 __all__ = ["BatchLoader", "ImageTensors", "class_balanced_subset", "crop_padding", "load_datasets"]
 
 FASHION_MNIST_DIR = _idx.FASHION_MNIST_ROOT
 FASHION_MNIST_CLASSES = _idx.FASHION_MNIST_CLASSES
 # per-channel statistics of the training images (values in [0, 1])
-DATASET_STATS = {
-    "fashion_mnist": ((_idx.FASHION_MNIST_MEAN,), (_idx.FASHION_MNIST_STD,)),
-    "mnist": ((0.1307,), (0.3081,)),
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
 SUBSET_SEED = 20221101  # fixed: every method and seed of a study sees the same training subset
 
 
@@ -94,28 +90,9 @@ def _load_idx(name: str, data_dir: str | None) -> tuple[ImageTensors, ImageTenso
 
 
 def _load_cifar(name: str, data_dir: str | None) -> tuple[ImageTensors, ImageTensors]:
-    from torchvision.datasets import CIFAR10, CIFAR100
-
-    cls, folder = (CIFAR10, "cifar-10-batches-py") if name == "cifar10" else (CIFAR100, "cifar-100-python")
-    url = f"https://www.cs.toronto.edu/~kriz/{'cifar-10' if name == 'cifar10' else 'cifar-100'}-python.tar.gz"
     if not data_dir:
-        raise ValueError(f"data_dir is required for {name}: the folder that holds {folder}/")
-    root = Path(data_dir)
-    if root.name == folder:
-        root = root.parent
-    splits = []
-    for train in (True, False):
-        try:
-            dataset = cls(root=str(root), train=train, download=False)
-        except RuntimeError:
-            raise FileNotFoundError(
-                f"{name}: looked for {root / folder} (python-pickle batches) and found none or a corrupt "
-                f"copy; download {url} and extract it into {root} (timm-sage never downloads)"
-            ) from None
-        images = torch.from_numpy(np.ascontiguousarray(dataset.data)).permute(0, 3, 1, 2).contiguous()
-        labels = torch.as_tensor(dataset.targets, dtype=torch.int64)
-        splits.append(ImageTensors(images, labels, list(dataset.classes)))
-    return splits[0], splits[1]
+        raise ValueError(f"data_dir is required for {name}: the folder that holds {FOLDERS[name]}/")
+    return tuple(ImageTensors(*read_cifar(name, data_dir, train=train)) for train in (True, False))
 
 
 def _decode(dataset, channels: int, size: tuple[int, int] | None, workers: int, what: str) -> ImageTensors:

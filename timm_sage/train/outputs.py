@@ -76,7 +76,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        from timm_sage._checkpoint import _numpy_safe_globals
+        from timm_sage.models.checkpoint import _numpy_safe_globals
 
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -90,7 +90,7 @@ _warned: set[str] = set()
 
 def _pyplot():
     try:
-        from timm_sage._plots import _pyplot as pyplot
+        from timm_sage.tools.plots import _pyplot as pyplot
 
         return pyplot()
     except ImportError as error:
@@ -101,7 +101,7 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> None:
-    from timm_sage._plots import save_figure_atomic
+    from timm_sage.tools.plots import save_figure_atomic
 
     save_figure_atomic(figure, path)
 

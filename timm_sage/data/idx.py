@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from timm_sage.data.stats import DATASET_STATS
+
 FASHION_MNIST_ROOT = Path("/usr/share/datasets/fashion-mnist")
 # Per-pixel mean/std of Fashion-MNIST's training images (values in [0, 1]).
-FASHION_MNIST_MEAN = 0.2860
-FASHION_MNIST_STD = 0.3530
+(FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,) = DATASET_STATS["fashion_mnist"]
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip

@@ -24,10 +24,17 @@ import torch
 
 from timm_sage import functional
 from timm_sage._atomic import atomic_path
-from timm_sage._viz_data import DEFAULT_MODEL, Batch, build_model, load_display_batch, load_images, warm_up
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SageConfig, add_option_arguments
 from timm_sage.core import checks as _checks
+from timm_sage.tools.show_data import (
+    DEFAULT_MODEL,
+    Batch,
+    build_model,
+    load_display_batch,
+    load_images,
+    warm_up,
+)
 
 __all__ = [
     "ANATOMY_SIZE_PX",

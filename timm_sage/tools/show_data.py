@@ -7,7 +7,6 @@ loaded from a checkpoint or warmed up for a few steps. Every draw comes from a s
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from timm_sage import _checkpoint, _idx
+from timm_sage.data import idx as _idx
+from timm_sage.data.cifar import read_cifar
+from timm_sage.data.stats import DATASET_STATS
+from timm_sage.models import checkpoint as _checkpoint
 
-_CIFAR_STATS = {
-    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-_IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 DEFAULT_MODEL = "resnet10t"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
@@ -57,20 +54,10 @@ def _choose(total: int, count: int, seed: int) -> np.ndarray:
 
 
 def _read_cifar(root: Path, split: str, count: int, seed: int) -> Batch:
-    hundred = (root / "meta").is_file()
-    files = {"train": "train", "test": "test"} if hundred else {"train": "data_batch_1", "test": "test_batch"}
-    name = files[split]
-    # The CIFAR "python version" is a pickle by design; only open folders you trust.
-    with open(root / name, "rb") as handle:
-        raw = pickle.load(handle, encoding="bytes")
-    with open(root / ("meta" if hundred else "batches.meta"), "rb") as handle:
-        meta = pickle.load(handle, encoding="bytes")
-    names = [n.decode() for n in meta[b"fine_label_names" if hundred else b"label_names"]]
-    labels = np.asarray(raw[b"fine_labels" if hundred else b"labels"])
+    name = "cifar100" if (root / "meta").is_file() else "cifar10"
+    images, labels, names = read_cifar(name, root, train=split == "train")
     index = _choose(len(labels), count, seed)
-    images = np.asarray(raw[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)[index]
-    mean, std = _CIFAR_STATS[100 if hundred else 10]
-    return _batch(images, labels[index], names, mean, std)
+    return _batch(images.numpy()[index], labels.numpy()[index], names, *DATASET_STATS[name])
 
 
 def _read_image_folder(root: Path, split: str, count: int, seed: int, image_size: int) -> Batch:
@@ -96,7 +83,7 @@ def _read_image_folder(root: Path, split: str, count: int, seed: int, image_size
             fitted = ImageOps.fit(image.convert("RGB"), (image_size, image_size))
             images.append(np.asarray(fitted).transpose(2, 0, 1))
     labels = np.array([samples[i][1] for i in index])
-    return _batch(np.stack(images), labels, classes, *_IMAGENET_STATS)
+    return _batch(np.stack(images), labels, classes, *DATASET_STATS["imagenet"])
 
 
 def load_images(
@@ -115,7 +102,7 @@ def load_images(
     if _idx.find_idx_pair(root, split) is not None:
         images, labels = _idx.load_idx_split(root, split, limit=10000)
         index = _choose(len(labels), count, seed)
-        stats = (_idx.FASHION_MNIST_MEAN,), (_idx.FASHION_MNIST_STD,)
+        stats = DATASET_STATS["fashion_mnist"]
         return _batch(images[index][:, None], labels[index], _idx.FASHION_MNIST_CLASSES, *stats)
     if (root / "batches.meta").is_file() or (root / "meta").is_file():
         return _read_cifar(root, split, count, seed)
@@ -147,7 +134,7 @@ def load_display_batch(
 def build_model(
     name: str | None, in_chans: int, num_classes: int, checkpoint: str | Path | None = None, seed: int = 0
 ) -> nn.Module:
-    """:func:`timm_sage._checkpoint.build_model` with the figures' default model."""
+    """:func:`timm_sage.models.checkpoint.build_model` with the figures' default model."""
     return _checkpoint.build_model(name, in_chans, num_classes, checkpoint, seed, default=DEFAULT_MODEL)
 
 

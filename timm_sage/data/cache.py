@@ -385,8 +385,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``timm-sage saliency``."""
-    from timm_sage._checkpoint import build_model
-    from timm_sage._idx import open_dataset
+    from timm_sage.data.idx import open_dataset
+    from timm_sage.models.checkpoint import build_model
 
     dataset, num_classes, in_chans = open_dataset(
         args.data,

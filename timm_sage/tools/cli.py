@@ -18,11 +18,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "train a classifier with SAGE or a baseline mixing (timm-style YAML)",
     ),
     "configs": ("timm_sage.train.configs", "list the shipped training configs (or print one)"),
-    "recipe": ("timm_sage.recipes", "turn a timm recipe (file, folder, hf-hub:ORG/REPO) into a SAGE config"),
-    "saliency": ("timm_sage.cache", "compute a saliency cache for a dataset with a trained model"),
-    "show": ("timm_sage.viz", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
-    "bench": ("timm_sage.bench", "benchmark suites: mix, step, scale, memory"),
-    "study": ("timm_sage.study", "train configs over several seeds and report mean and spread"),
+    "recipe": (
+        "timm_sage.tools.recipes",
+        "turn a timm recipe (file, folder, hf-hub:ORG/REPO) into a SAGE config",
+    ),
+    "saliency": ("timm_sage.data.cache", "compute a saliency cache for a dataset with a trained model"),
+    "show": ("timm_sage.tools.show", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
+    "bench": ("timm_sage.tools.bench", "benchmark suites: mix, step, scale, memory"),
+    "study": ("timm_sage.tools.study", "train configs over several seeds and report mean and spread"),
+    "agreement": (
+        "timm_sage.tools.agreement",
+        "how often a no-mixing model recognises the larger label share of mixed images",
+    ),
 }
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timm_sage._report import write_between_markers
 from timm_sage.config import SageConfig
 from timm_sage.mixup import SageMixup
+from timm_sage.tools.report import write_between_markers
 
 __all__ = ["add_arguments", "label_agreement", "run"]
 
@@ -124,7 +124,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from timm_sage._checkpoint import build_model
+    from timm_sage.models.checkpoint import build_model
     from timm_sage.train.config import load_config
     from timm_sage.train.data import BatchLoader, load_datasets
 

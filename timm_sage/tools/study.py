@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from timm_sage._report import write_between_markers
+from timm_sage.tools.report import write_between_markers
 
 SECTION = "study"
 
@@ -43,7 +43,7 @@ def run_study(configs: list[Path], seeds: list[int], output: Path, extra: list[s
             command = [
                 sys.executable,
                 "-m",
-                "timm_sage.cli",
+                "timm_sage.tools.cli",
                 "train",
                 "--config",
                 str(config),
@@ -189,7 +189,7 @@ def budget_table(results: dict[str, list[dict]], reference: str) -> str:
 def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST") -> None:
     """Two panels: mean test top-1 (band: min to max over seeds) against the epoch, and against the
     cumulative training seconds (equal wall-clock)."""
-    from timm_sage._plots import _pyplot, save_figure_atomic
+    from timm_sage.tools.plots import _pyplot, save_figure_atomic
 
     plt = _pyplot()
     figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4))

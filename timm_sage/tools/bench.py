@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from timm_sage import functional
-from timm_sage._report import write_between_markers
-from timm_sage._timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
 from timm_sage.mixup import SageMixup
+from timm_sage.tools.report import write_between_markers
+from timm_sage.tools.timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
 
 SUITES = ("mix", "step", "scale", "memory")
 
@@ -296,7 +296,7 @@ def suite_scale(
 
 
 def _plot_scale(rows: list[BenchRow], path: Path) -> None:
-    from timm_sage._plots import loglog_plot
+    from timm_sage.tools.plots import loglog_plot
 
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:

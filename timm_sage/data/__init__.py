@@ -1,0 +1,1 @@
+"""Data: the idx reader (Fashion-MNIST), dataset statistics, the saliency cache."""
