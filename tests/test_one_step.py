@@ -267,3 +267,26 @@ def test_cheap_saliency_runs_the_pass_at_the_scaled_size():
     small = functional.saliency_map(model, resized, y, blur_kernel=1)
     upsampled = F.interpolate(small[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(functional.saliency_map(model, x, y, scale=0.5, blur_kernel=1), upsampled)
+
+
+def test_the_docs_option_table_names_every_option_with_its_default():
+    rows = [
+        line
+        for line in (Path(__file__).parents[1] / "docs" / "algorithm.md").read_text().splitlines()
+        if line.startswith("| `")
+    ]
+    for info in option_infos():
+        row = next((r for r in rows if f"`{info.name}`" in r.split("|")[1]), None)
+        assert row is not None, f"docs/algorithm.md's option table lacks {info.name}"
+        assert f"`sage_{info.name}`" in row
+        default = info.default if info.kind is not str else f'"{info.default}"'
+        assert str(default) in row, f"{info.name}: default {default} not in its row"
+
+
+def test_an_empty_batch_is_a_clear_error():
+    x, y = torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long)
+    mixer = SageMixup(mode="sage", num_classes=10, model=_model(), seed=0)
+    with pytest.raises(ValueError, match="empty batch"):
+        mixer(x, y)
+    with pytest.raises(ValueError, match="empty batch"):
+        train_step(_model(), x, y, criterion=SoftTargetCrossEntropy(), mixer=mixer)

@@ -61,6 +61,8 @@ def train_step(
     Returns:
         :class:`StepResult`. In SAGE mode ``.grad`` holds ``(1 - r) grad(l_clean) + r grad(l_mixed)``.
     """
+    if x.shape[0] == 0:
+        raise ValueError("x is an empty batch (B = 0): there is nothing to train on")
     layout = torch.channels_last if channels_last else torch.contiguous_format
     weight: float | torch.Tensor = 1.0
     if mixer is not None:
