@@ -290,3 +290,25 @@ def test_an_empty_batch_is_a_clear_error():
         mixer(x, y)
     with pytest.raises(ValueError, match="empty batch"):
         train_step(_model(), x, y, criterion=SoftTargetCrossEntropy(), mixer=mixer)
+
+
+class _TupleModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _model()
+
+    def forward(self, x):
+        return self.inner(x), x.mean()
+
+
+@pytest.mark.parametrize("lam", [1.5, -0.1, math.nan])
+def test_error_list_of_the_promise(lam):
+    x, y = _batch()
+    with pytest.raises(TypeError, match="model must return a logits tensor"):
+        SageMixup(mode="sage", num_classes=10, model=_TupleModel(), seed=0)(x, y)
+    with pytest.raises(TypeError, match="model must return a logits tensor"):
+        functional.saliency_pass(_TupleModel(), x, y)
+    with pytest.raises(ValueError, match="lam must lie in"):
+        functional.sage_target(y, perm=torch.arange(8), lam=torch.full((8,), lam), num_classes=10)
+    with pytest.raises(ValueError, match="cutmix_minmax must have min < max"):
+        SageMixup(mode="sage", num_classes=10, cutmix_minmax=(0.6, 0.4))
