@@ -25,7 +25,9 @@ train.py only builds on CUDA with float16).
 
 import argparse
 import importlib
+import json
 import logging
+import os
 from contextlib import suppress
 from functools import partial
 
@@ -77,6 +79,9 @@ parser.add_argument("--mixup-off-epoch", default=0, type=int)
 parser.add_argument("--smoothing", type=float, default=0.1)
 parser.add_argument("--no-task", action="store_true", default=False)
 parser.add_argument("--loss-scaler", action="store_true", default=False)
+parser.add_argument(
+    "--record", default="", type=str, help="test only: write each rank's run to RECORD.rankN.json"
+)
 
 
 class SquaresDataset(torch.utils.data.Dataset):
@@ -122,7 +127,14 @@ def main():
             importlib.import_module(module)
 
     args.prefetcher = not args.no_prefetcher
-    args.distributed, args.rank, args.world_size = False, 0, 1
+    # As train.py: torchrun sets WORLD_SIZE/RANK; the process group (gloo on the CPU) then the seeds
+    # seed + rank, so each rank draws its own stream.
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args.distributed = args.world_size > 1
+    args.rank = 0
+    if args.distributed:
+        torch.distributed.init_process_group("gloo")
+        args.rank = torch.distributed.get_rank()
     device = torch.device("cpu")
     random_seed(args.seed, args.rank)
 
@@ -156,6 +168,13 @@ def main():
         amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
     if args.loss_scaler:
         loss_scaler = NativeScaler(device=device.type)
+
+    if args.distributed:
+        if task is not None:
+            task.prepare_distributed()
+            model = task.get_trainable_module()
+        else:
+            model = torch.nn.parallel.DistributedDataParallel(model)
 
     if args.torchcompile:
         if task is not None:
@@ -195,6 +214,7 @@ def main():
         num_workers=args.workers,
         collate_fn=collate_fn,
         device=device,
+        distributed=args.distributed,
     )
     RUN.update(
         model=model,
@@ -209,6 +229,8 @@ def main():
     )
 
     for epoch in range(args.epochs):
+        if args.distributed and hasattr(loader_train.sampler, "set_epoch"):
+            loader_train.sampler.set_epoch(epoch)
         train_one_epoch(
             epoch,
             model,
@@ -282,5 +304,24 @@ def train_one_epoch(
         _logger.info(f"Train: {epoch} [{batch_idx}/{len(loader)}] Loss: {float(loss.detach()):.4f}")
 
 
+def write_record(args) -> None:
+    """Test only: this rank's final weights and what it trained on, as JSON (for the torchrun test)."""
+    record = {
+        "rank": args.rank,
+        "world_size": args.world_size,
+        "seed": torch.initial_seed(),
+        "params": {k: v.double().sum().item() for k, v in HISTORY[-1]["params"].items()},
+        "inputs": [h["input"].double().sum().item() for h in HISTORY],
+        "targets": [h["target"].tolist() for h in HISTORY],
+        "losses": [h["loss"] for h in HISTORY],
+    }
+    with open(f"{args.record}.rank{args.rank}.json", "w") as handle:
+        json.dump(record, handle)
+
+
 if __name__ == "__main__":
     main()
+    if RUN["args"].record:
+        write_record(RUN["args"])
+    if RUN["args"].distributed:
+        torch.distributed.destroy_process_group()
