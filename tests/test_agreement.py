@@ -55,3 +55,23 @@ def test_sage_needs_a_saliency_model_and_methods_are_named():
         agreement.label_agreement(_Judge(), [(x, y)], "sage", num_classes=4)
     with pytest.raises(ValueError, match="method must be one of"):
         agreement.label_agreement(_Judge(), [(x, y)], "puzzlemix", num_classes=4)
+
+
+def test_background_share_counts_saliency_mass_on_dark_pixels():
+    class Left(nn.Module):
+        """Logits from the left half only: the input gradient lives there."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc(x[:, 0, :, :2].flatten(1))
+
+    x = torch.ones(3, 1, 8, 8)  # raw = x * std + mean with mean 0, std 1: bright everywhere ...
+    x[:, :, :, :4] = 0.0  # ... but the left half is background
+    result = agreement.background_share(
+        Left(), [(x, torch.tensor([0, 1, 2]))], mean=0.0, std=1.0, config=agreement.SageConfig(blur_kernel=1)
+    )
+    assert result["area"] == pytest.approx(0.5)
+    assert result["saliency"] == pytest.approx(1.0)  # every bit of saliency sits on the dark half
