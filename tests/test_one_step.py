@@ -312,3 +312,19 @@ def test_error_list_of_the_promise(lam):
         functional.sage_target(y, perm=torch.arange(8), lam=torch.full((8,), lam), num_classes=10)
     with pytest.raises(ValueError, match="cutmix_minmax must have min < max"):
         SageMixup(mode="sage", num_classes=10, cutmix_minmax=(0.6, 0.4))
+
+
+def test_saliency_mode_eval_uses_running_statistics_and_restores_train_mode():
+    model, (x, y) = _model(), _batch()
+    bn = model[1]
+    bn.running_mean.fill_(0.3)
+    before = bn.running_mean.clone()
+    mixer = SageMixup(mode="sage", num_classes=10, model=model, seed=0, saliency_mode="eval")
+    mixer(x, y)
+    assert model.training  # the caller's mode is back
+    assert torch.equal(bn.running_mean, before)  # eval mode: the pass did not update the statistics
+    want = functional.saliency_map(model.eval(), x, y)
+    torch.testing.assert_close(mixer.last.saliency, want)
+    model.train()
+    SageMixup(mode="sage", num_classes=10, model=model, seed=0)(x, y)  # train mode (the default) updates them
+    assert not torch.equal(bn.running_mean, before)

@@ -30,6 +30,7 @@ __all__ = [
 SALIENCY_LOSSES = ("bce_softmax", "cross_entropy")
 SALIENCY_REDUCTIONS = ("mean_abs", "l2")
 REARRANGEMENTS = ("search", "none", "random")
+SALIENCY_MODES = ("train", "eval")
 
 
 def _option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, kind: type = float) -> Any:
@@ -73,6 +74,11 @@ class SageConfig:
         "search", "partner placement: search (paper), or the ablations none / random", choices=REARRANGEMENTS,
         kind=str,
     )  # fmt: skip
+    saliency_mode: str = _option(
+        "train", "the model's mode in the saliency pass: train (reference default; BatchNorm uses batch "
+        "statistics) or eval (the reference's --eval_mode: running statistics)", choices=SALIENCY_MODES,
+        kind=str,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise int -> float once, here
@@ -97,6 +103,7 @@ class SageConfig:
             checks.check_fraction("saliency_scale", self.saliency_scale, open_low=True),
         )
         checks.check_choice("rearrangement", self.rearrangement, REARRANGEMENTS)
+        checks.check_choice("saliency_mode", self.saliency_mode, SALIENCY_MODES)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_image_size(self, height: int, width: int) -> None:

@@ -105,7 +105,8 @@ class SageMixup(Mixup):
 
     The SAGE options are those of :class:`timm_sage.SageConfig` (``upper_lambda``, ``rand_pos``,
     ``update_ratio``, ``search_size``, ``saliency_loss``, ``saliency_reduce``, ``blur_kernel``,
-    ``blur_sigma``, ``saliency_scale``, ``rearrangement``), as keywords or as ``config=SageConfig(...)``;
+    ``blur_sigma``, ``saliency_scale``, ``rearrangement``, ``saliency_mode``), as keywords or as
+    ``config=SageConfig(...)``;
     they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
 
     ``update_ratio`` r trains on the paper's loss ``(1 - r) * l_clean + r * l_mixed`` with no lr change:
@@ -155,6 +156,7 @@ class SageMixup(Mixup):
         blur_sigma: float = _D.blur_sigma,
         saliency_scale: float = _D.saliency_scale,
         rearrangement: str = _D.rearrangement,
+        saliency_mode: str = _D.saliency_mode,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         amp_dtype: torch.dtype | None = None,
@@ -192,6 +194,7 @@ class SageMixup(Mixup):
             upper_lambda=upper_lambda, rand_pos=rand_pos, update_ratio=update_ratio, search_size=search_size,
             saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
             blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
+            saliency_mode=saliency_mode,
         )  # fmt: skip
         if config is None:
             config = SageConfig(**keywords)

@@ -27,6 +27,7 @@ from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.mixing import SagePlan
 from timm_sage.core.saliency import compute_saliency
+from timm_sage.core.step import saliency_mode
 from timm_sage.mixup import unwrap_model
 
 __all__ = ["SAGE"]
@@ -306,12 +307,14 @@ class SAGE(Transform):
                 "or pass it with the batch ((images, labels, saliency) or a dict with a 'saliency' key)"
             )
         self.config.check_image_size(*images.shape[-2:])
-        result = compute_saliency(
-            self._model, images if images.is_floating_point() else images.float(), labels.to(images.device),
-            loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
-            blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
-            backward_scale=None, scale=self.config.saliency_scale,
-        )  # fmt: skip
+        floating = images if images.is_floating_point() else images.float()
+        with saliency_mode(self._model, self.config):
+            result = compute_saliency(
+                self._model, floating, labels.to(images.device),
+                loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
+                blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
+                backward_scale=None, scale=self.config.saliency_scale,
+            )  # fmt: skip
         return result.saliency, result.finite
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:

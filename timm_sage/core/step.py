@@ -16,7 +16,7 @@ device (``torch.where``): the step never reads a device value back to the host.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -64,6 +64,21 @@ def uses_channels_last(model: nn.Module) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def saliency_mode(model: nn.Module | Callable, config: SageConfig) -> Iterator[None]:
+    """The model's mode for the saliency pass: ``saliency_mode="eval"`` switches a training model to eval
+    mode (BatchNorm's running statistics, the reference's ``--eval_mode``) and back afterwards; "train"
+    leaves it as the caller has it. Metadata only: no host read."""
+    switch = isinstance(model, nn.Module) and config.saliency_mode == "eval" and model.training
+    if switch:
+        model.eval()
+    try:
+        yield
+    finally:
+        if switch:
+            model.train()
+
+
 def sage_step(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -96,7 +111,7 @@ def sage_step(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    with autocast:
+    with saliency_mode(model, config), autocast:
         clean = compute_saliency(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
