@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +110,33 @@ def test_training_seconds_use_the_median_epoch_time(tmp_path):
     folder.joinpath("metrics.jsonl").write_text("\n".join([lines[0], json.dumps(slow), *lines[2:]]) + "\n")
     (run,) = study.collect([folder])["vanilla"]
     assert run["train_s"] == 4.0 and [p[1] for p in run["points"]] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_measured_epoch_seconds_replace_the_runs_own_timing(tmp_path):
+    folders = [
+        _fake_run(tmp_path, "s_vanilla", 0, [70.0, 80.0], epoch_time=9.0),  # slowed by other load
+        _fake_run(tmp_path, "s_sage", 0, [60.0, 75.0], epoch_time=2.0),
+    ]
+    results = study.collect(folders, {"s_vanilla": 1.0, "s_sage": 2.0})
+    assert results["vanilla"][0]["train_s"] == 2.0 and results["sage"][0]["train_s"] == 4.0
+    assert "| sage | 2.00x |" in study.budget_table(results, "vanilla")
+
+
+def test_time_epochs_runs_each_config_briefly(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(command, check, stdout):
+        calls.append(command)
+        folder = Path(command[command.index("--output") + 1]) / command[command.index("--experiment") + 1]
+        folder.mkdir(parents=True)
+        times = [5.0, 1.0, 1.5] if "a" in folder.name else [5.0, 2.0, 2.0]
+        lines = [json.dumps({"epoch": i + 1, "epoch_time": t}) for i, t in enumerate(times)]
+        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    seconds = study.time_epochs(configs, 3, tmp_path / "out", [])
+    assert seconds == {"a": 1.25, "b": 2.0}  # the median after the warm-up epoch
+    assert all("--epochs" in c and c[c.index("--epochs") + 1] == "3" for c in calls)
+    with pytest.raises(ValueError, match="time-epochs"):
+        study.time_epochs(configs, 1, tmp_path / "out", [])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -79,12 +80,13 @@ def _stem_and_seed(folder: Path) -> tuple[str, int]:
     return stem, int(seed)
 
 
-def collect(folders: list[Path]) -> dict[str, list[dict]]:
+def collect(folders: list[Path], epoch_seconds: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """Finished runs by method, in the order of ``folders``.
 
     Each run: ``seed``, ``final_top1``, ``best_top1``, ``final_train_top1`` (None unless the run had
     ``eval_train``), ``train_s`` (training seconds, evaluation excluded: the median epoch time times the
-    epochs), ``epochs`` and ``points``: ``[(epoch, training seconds up to it, test top-1)]`` for every
+    epochs, or ``epoch_seconds[stem]`` where given), ``epochs`` and ``points``:
+    ``[(epoch, training seconds up to it, test top-1)]`` for every
     evaluated epoch.
     """
     names = method_names([_stem_and_seed(f)[0] for f in folders])
@@ -98,13 +100,16 @@ def collect(folders: list[Path]) -> dict[str, list[dict]]:
         # Training seconds per epoch: the run's median epoch time, robust to other load on the machine
         # during some epochs (a 2-core box shared with tests or other runs), times the epoch count.
         epoch_s = statistics.median(float(row.get("epoch_time", 0.0)) for row in rows) if rows else 0.0
+        stem = _stem_and_seed(folder)[0]
+        if epoch_seconds and stem in epoch_seconds:
+            epoch_s = epoch_seconds[stem]
         seconds = epoch_s * len(rows)
         points = [
             (int(row["epoch"]), epoch_s * int(row["epoch"]), float(row["test_top1"]))
             for row in rows
             if row.get("test_top1") is not None
         ]
-        stem, seed = _stem_and_seed(folder)
+        seed = _stem_and_seed(folder)[1]
         results.setdefault(names[stem], []).append(
             {
                 "seed": seed,
@@ -215,6 +220,31 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
     plt.close(figure)
 
 
+def time_epochs(configs: list[Path], epochs: int, output: Path, extra: list[str]) -> dict[str, float]:
+    """Seconds per training epoch of each config, measured back to back in fresh runs of ``epochs``
+    epochs (the median epoch time after the first): timings of the study's own runs are only comparable
+    when nothing else shared the machine while they ran; these are, when this pass runs alone.
+    Returns ``{config stem: seconds}``; the runs go to ``output/_timing`` and are replaced each time."""
+    if epochs < 2:
+        raise ValueError(f"--time-epochs must be >= 2 (the first epoch is warm-up), got {epochs}")
+    seconds = {}
+    for config in configs:
+        folder = output / "_timing" / config.stem
+        if folder.exists():
+            shutil.rmtree(folder)
+        command = [
+            sys.executable, "-m", "timm_sage.tools.cli", "train", "--config", str(config),
+            "--epochs", str(epochs), "--output", str(folder.parent), "--experiment", config.stem,
+            "--eval_interval", str(epochs),
+            "--eval_train", "false", "--no-progress", *extra,
+        ]  # fmt: skip
+        print(f"[study] timing {config.stem}: {epochs} epochs", flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+        seconds[config.stem] = statistics.median(float(row["epoch_time"]) for row in rows[1:])
+    return seconds
+
+
 def override_flags(assignments: list[str]) -> list[str]:
     """`["data_dir=/x", "epochs=5"]` -> `["--data_dir", "/x", "--epochs", "5"]`, flags for timm-sage train."""
     flags = []
@@ -239,6 +269,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", default="Fashion-MNIST", help="title of the figure's panels")
     parser.add_argument(
+        "--time-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure each config's seconds per epoch in fresh N-epoch runs, back to back, and use them for "
+        "the wall-clock view (instead of the study runs' own epoch times)",
+    )
+    parser.add_argument(
         "--budget-reference",
         default="vanilla",
         help="method whose whole-schedule training time is the equal wall-clock budget (default vanilla)",
@@ -257,7 +295,11 @@ def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     if not args.report_only:
         run_study(args.configs, args.seeds, args.output, override_flags(args.set))
-    results = collect(folders)
+    epoch_seconds = None
+    if args.time_epochs is not None:
+        epoch_seconds = time_epochs(args.configs, args.time_epochs, args.output, override_flags(args.set))
+        print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in epoch_seconds.items()))
+    results = collect(folders, epoch_seconds)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
     body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
