@@ -411,3 +411,18 @@ def test_saliency_bad_arguments():
         FN.saliency_map(model, x, torch.tensor([0, 9]))
     with pytest.raises(ValueError, match="blur_kernel=5 needs images larger"):
         FN.saliency_map(model, torch.randn(2, 3, 2, 8), y)
+
+
+def test_cpu_chunk_budget_comes_from_the_l2_cache(tmp_path):
+    def cache(index: int, level: int, kind: str, size: str) -> None:
+        folder = tmp_path / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "type").write_text(f"{kind}\n")
+        (folder / "size").write_text(f"{size}\n")
+
+    cache(0, 1, "Data", "48K")
+    cache(2, 2, "Unified", "2048K")
+    cache(3, 3, "Unified", "307200K")
+    assert _search._cpu_chunk_elements(tmp_path / "cache") == 1 << 18  # two float32 buffers in 2 MB
+    assert _search._cpu_chunk_elements(tmp_path / "none") == _search._FALLBACK_CPU_CHUNK_ELEMENTS

@@ -10,7 +10,9 @@ what leaves the frame is lost and what is uncovered is zero (no wrap-around).
 
 from __future__ import annotations
 
+import functools
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,15 +20,40 @@ import torch.nn.functional as F
 # Denominator floor of the mask, as in the reference code: M = s0 / max(s0 + t, MASK_EPS).
 MASK_EPS = 1e-16
 
-# Elements of one (B, k, H*W) chunk of shifted maps. About 4 MB of float32 on the CPU keeps a chunk's
-# temporaries in cache, which measured fastest on a 2-core machine; GPUs want far bigger launches.
-_CPU_CHUNK_ELEMENTS = 1 << 20
+# The kernel is memory-bound: one chunk's two (B, k, H*W) float32 buffers (the shifted maps and the
+# gain) should stay in the core's L2 cache. On the CPU the budget is read from the cache size; a 2 MB L2
+# gives 2^18 elements, which measured fastest on this project's 2-core box (docs/benchmarks.md). GPUs
+# want far bigger launches.
+_FALLBACK_CPU_CHUNK_ELEMENTS = 1 << 18
 _CUDA_CHUNK_ELEMENTS = 1 << 26
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_chunk_elements(root: Path = Path("/sys/devices/system/cpu/cpu0/cache")) -> int:
+    """Half the L2 cache of CPU 0 in float32 elements (two buffers per chunk), a power of two; the
+    fallback where the cache size cannot be read (not Linux)."""
+    for index in sorted(root.glob("index*")) if root.is_dir() else []:
+        try:
+            level = (index / "level").read_text().strip()
+            kind = (index / "type").read_text().strip()
+            size = (index / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        if level != "2" or kind not in ("Unified", "Data"):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+        try:
+            size_bytes = int(size.rstrip("KM")) * scale
+        except ValueError:
+            continue
+        elements = size_bytes // (2 * 4)
+        return max(1 << 14, 1 << (elements.bit_length() - 1))
+    return _FALLBACK_CPU_CHUNK_ELEMENTS
 
 
 def default_chunk_elements(device: torch.device) -> int:
     """Chunk budget (number of float32 elements of shifted maps evaluated at once) for a device."""
-    return _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
+    return _cpu_chunk_elements() if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
 
 
 def _shift_windows(maps: torch.Tensor) -> torch.Tensor:
