@@ -51,9 +51,13 @@ def _cpu_chunk_elements(root: Path = Path("/sys/devices/system/cpu/cpu0/cache"))
     return _FALLBACK_CPU_CHUNK_ELEMENTS
 
 
+# Read once, at import: a constant inside the kernel, so torch.compile traces it without a graph break.
+_CPU_CHUNK_ELEMENTS = _cpu_chunk_elements()
+
+
 def default_chunk_elements(device: torch.device) -> int:
     """Chunk budget (number of float32 elements of shifted maps evaluated at once) for a device."""
-    return _cpu_chunk_elements() if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
+    return _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
 
 
 def _shift_windows(maps: torch.Tensor) -> torch.Tensor:
