@@ -33,7 +33,10 @@ train.py behaves exactly as stock timm.
   persistent workers (stock timm misses this: its flag only flips in the main process's copy).
 * The model: the task classes (``ClassificationTask``, the distillation tasks) are replaced by subclasses
   whose constructor records the model they receive (after ``.to(device)`` and channels_last), and
-  every SAGE mixer binds it. Scripts without a task (older train.py) are covered by
+  every SAGE mixer binds it. Their ``forward`` multiplies the batch's loss by the mixer's
+  ``loss_weight`` (r with ``sage_update_ratio < 1``), so train.py trains on the paper's loss
+  ``(1 - r) * l_clean + r * l_mixed`` with its learning rate unchanged; the clean part is already in
+  ``.grad`` from the SAGE step. Scripts without a task (older train.py) are covered by
   ``create_optimizer_v2(model, ...)``, which records its model argument. Binding strips DDP,
   ``torch.compile`` and EMA wrappers, so the saliency pass runs the plain module: eagerly, not through
   the compiled graph, and outside DDP's forward, so DDP's reducer does not see it.
