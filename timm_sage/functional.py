@@ -221,12 +221,22 @@ def _check_mix_inputs(
     saliency: torch.Tensor,
     perm: torch.Tensor,
     prior: float | torch.Tensor,
+    translations: torch.Tensor,
+    search_size: int | None,
+    chunk_elements: int | None,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    batch = x_shape[0]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The public boundary of :func:`plan` and :func:`sage_mix`: every argument checked once, moved to
+    ``device``; returns ``(saliency (B, H, W), perm, prior (B,), translations (K, 2))``."""
+    batch, _, height, width = x_shape
     saliency = check_saliency(saliency, x_shape).detach().to(device)
     perm = _checks.check_permutation("perm", perm, batch).to(device)
-    return saliency, perm, _check_prior(prior, batch, device)
+    translations = _check_translations(translations, height, width, "translations").to(device)
+    if search_size is not None:
+        _checks.check_positive_int("search_size", search_size)
+    if chunk_elements is not None:
+        _checks.check_positive_int("chunk_elements", chunk_elements)
+    return saliency, perm, _check_prior(prior, batch, device), translations
 
 
 def _check_images(x: torch.Tensor) -> None:
@@ -263,12 +273,9 @@ def plan(
     batch, height, width = saliency.shape
     shape = torch.Size((batch, 1, height, width))
     with torch.no_grad():
-        saliency, perm, prior_t = _check_mix_inputs(shape, saliency, perm, prior, saliency.device)
-        translations = _check_translations(translations, height, width, "translations").to(saliency.device)
-        if search_size is not None:
-            _checks.check_positive_int("search_size", search_size)
-        if chunk_elements is not None:
-            _checks.check_positive_int("chunk_elements", chunk_elements)
+        saliency, perm, prior_t, translations = _check_mix_inputs(
+            shape, saliency, perm, prior, translations, search_size, chunk_elements, saliency.device
+        )
         return _mixing.plan(
             saliency, perm, prior_t, translations, search_size=search_size, chunk_elements=chunk_elements
         )
@@ -319,14 +326,10 @@ def sage_mix(
             permutation, ``prior`` outside [0, 1], empty or out-of-range ``translations``.
     """
     _check_images(x)
-    batch, _, height, width = x.shape
     with torch.no_grad():
-        saliency, perm, prior_t = _check_mix_inputs(x.shape, saliency, perm, prior, x.device)
-        translations = _check_translations(translations, height, width, "translations").to(x.device)
-        if search_size is not None:
-            _checks.check_positive_int("search_size", search_size)
-        if chunk_elements is not None:
-            _checks.check_positive_int("chunk_elements", chunk_elements)
+        saliency, perm, prior_t, translations = _check_mix_inputs(
+            x.shape, saliency, perm, prior, translations, search_size, chunk_elements, x.device
+        )
         return _sage_mix_core(x.detach(), saliency, perm, prior_t, translations, search_size, chunk_elements)
 
 

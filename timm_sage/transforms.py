@@ -289,13 +289,13 @@ class SAGE(Transform):
             self.skipped_batches = self.skipped_batches + (~finite).long()
         else:
             _checks.check_tensor("saliency", saliency)
-            saliency = saliency.as_subclass(torch.Tensor).detach().to(device)
-            functional.check_saliency(saliency, plain.shape)  # against the images, before the search
-            maps = (saliency[:, 0] if saliency.ndim == 4 else saliency).float()
-            sage_plan = functional.plan(
-                saliency, perm=perm, prior=params["prior"], translations=params["translations"],
-                search_size=self.config.search_size,
+            # The public boundary, once, against the images' shape; then the kernel's plan.
+            maps, perm, prior, translations = functional._check_mix_inputs(
+                plain.shape, saliency.as_subclass(torch.Tensor), perm, params["prior"],
+                params["translations"], self.config.search_size, None, device,
             )  # fmt: skip
+            sage_plan = mixing.plan(maps, perm, prior, translations, search_size=self.config.search_size)
+            maps = maps.float()
         return {"perm": perm, "saliency": maps, "plan": sage_plan, **sage_plan._asdict()}
 
     def _model_saliency(
