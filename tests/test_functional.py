@@ -67,6 +67,53 @@ def test_scores_match_oracle_and_choice_is_first_argmax():
     assert torch.equal(out.translation, translations[scores.argmax(1)])
 
 
+@pytest.mark.parametrize("kernel", _search.SEARCH_KERNELS)
+@pytest.mark.parametrize("batch,height,width", [(4, 6, 9), (1, 1, 1), (2, 1, 7), (3, 8, 3)])
+def test_both_search_kernels_match_the_oracle_scores(kernel, batch, height, width):
+    _, x, saliency, perm = _batch(7, batch, 1, height, width)
+    translations = _all_translations(height, width)
+    s0, s1 = FN.normalise_saliency(saliency, perm, torch.full((batch,), 0.5))
+    scores = _search.translation_scores(s0, s1, translations, kernel=kernel)
+    *_, oracle_scores = oracle_sage(x, saliency, perm, 0.5, translations)
+    torch.testing.assert_close(scores.double(), oracle_scores, atol=1e-6, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    batch=st.integers(1, 6),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    zero_fraction=st.sampled_from([0.0, 0.5, 0.95]),
+)
+def test_overlap_and_windows_kernels_agree(seed, batch, height, width, zero_fraction):
+    g = torch.Generator().manual_seed(seed)
+    saliency = torch.rand(batch, height, width, generator=g)
+    saliency = saliency * (torch.rand(batch, height, width, generator=g) >= zero_fraction)
+    perm = torch.randperm(batch, generator=g)
+    s0, s1 = FN.normalise_saliency(saliency, perm, torch.rand(batch, generator=g))
+    translations = FN.sample_translations(height, width, 0.3, generator=g)
+    overlap = _search.translation_scores(s0, s1, translations, kernel="overlap")
+    windows = _search.translation_scores(s0, s1, translations, kernel="windows", chunk_elements=97)
+    torch.testing.assert_close(overlap, windows, atol=1e-6, rtol=1e-5)
+
+
+def test_the_kernel_is_chosen_from_metadata():
+    translations = torch.zeros(3, 2, dtype=torch.long)
+    assert _search.choose_kernel(torch.zeros(8, 128, 128), translations) == "overlap"
+    assert _search.choose_kernel(torch.zeros(2, 16, 16), translations) == "windows"  # below the size floor
+    if torch.cuda.is_available():
+        assert _search.choose_kernel(torch.zeros(8, 128, 128, device="cuda"), translations) == "windows"
+    # sage_mix at a size that takes the overlap kernel keeps matching the oracle
+    g, x, saliency, perm = _batch(11, 4, 2, 64, 64)
+    translations = FN.sample_translations(64, 64, 0.01, generator=g)
+    assert _search.choose_kernel(saliency, translations) == "overlap"
+    out = FN.sage_mix(x, saliency, perm=perm, prior=0.4, translations=translations)
+    images, lam, chosen, _ = oracle_sage(x, saliency, perm, 0.4, translations)
+    assert torch.equal(out.translation, chosen)
+    torch.testing.assert_close(out.images, images.float(), atol=1e-5, rtol=0)
+
+
 def test_ties_pick_the_first_candidate():
     # Uniform maps and the same shift listed twice: both copies tie, the first index must win.
     saliency = torch.ones(2, 5, 5)

@@ -89,6 +89,16 @@ def test_steady_state_sage_call_makes_no_host_read(options):
     assert mixer.last.method == "sage"
 
 
+def test_the_cpu_overlap_search_kernel_makes_no_host_read():
+    from timm_sage.core import search
+
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 3, 48, 48, generator=g), torch.randint(0, 10, (8,), generator=g)
+    assert search.choose_kernel(x[:, 0], torch.zeros(1, 2, dtype=torch.long)) == "overlap"
+    mixer = SageMixup(mode="sage", num_classes=10, model=_model(), seed=0)
+    assert _reads(mixer, x, y) == 0
+
+
 def test_sage_call_with_cutmix_and_amp_makes_no_host_read():
     x, y = _batch()
     mixer = SageMixup(
@@ -267,6 +277,43 @@ def test_cheap_saliency_runs_the_pass_at_the_scaled_size():
     small = functional.saliency_map(model, resized, y, blur_kernel=1)
     upsampled = F.interpolate(small[:, None], size=(16, 16), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(functional.saliency_map(model, x, y, scale=0.5, blur_kernel=1), upsampled)
+
+
+def _running_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("update_ratio", [1.0, 0.7])
+def test_cheap_saliency_leaves_batchnorm_running_statistics_alone(update_ratio):
+    x, y = _batch()
+    # exact pass (reference): the clean batch's forward in train mode moves the running statistics
+    model = _model().train()
+    before = _running_statistics(model)
+    functional.saliency_map(model, x, y)
+    after = _running_statistics(model)
+    assert not torch.equal(before["1.running_mean"], after["1.running_mean"])
+    assert int(after["1.num_batches_tracked"]) == 1
+    # resized pass: the small images' statistics never reach them; the forward still used batch statistics
+    model = _model().train()
+    before = _running_statistics(model)
+    half = functional.saliency_map(model, x, y, scale=0.5)
+    for key, value in _running_statistics(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert bool((half > 0).any())
+    # in the SAGE step, only the mixed batch's forward (the caller's) updates them
+    model = _model().train()
+    mixer = SageMixup(
+        mode="sage", num_classes=10, model=model, seed=0, saliency_scale=0.5, update_ratio=update_ratio
+    )
+    mixed, _ = mixer(x, y)
+    for key, value in _running_statistics(model).items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    model(mixed)
+    bn = model[1]
+    with torch.no_grad():
+        features = model[0](mixed)
+    want = 0.9 * before["1.running_mean"] + 0.1 * features.mean((0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, want)
 
 
 def test_the_docs_option_table_names_every_option_with_its_default():

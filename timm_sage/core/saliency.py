@@ -3,8 +3,9 @@ gradient reduced over channels and smoothed. Public through :mod:`timm_sage.func
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -84,6 +85,39 @@ def _check_target(target: torch.Tensor, batch: int, loss: str) -> None:
         )
 
 
+# Buffers a normalisation layer updates in a training-mode forward: BatchNorm's running_mean / running_var /
+# num_batches_tracked, and the running_* buffers of other layers (timm's EvoNorm, ...).
+def _running_statistics(model: nn.Module | Callable) -> list[torch.Tensor]:
+    if not isinstance(model, nn.Module) or not model.training:
+        return []
+    return [
+        buffer
+        for module in model.modules()
+        for name, buffer in module.named_buffers(recurse=False)
+        if buffer is not None and (name.startswith("running_") or name == "num_batches_tracked")
+    ]
+
+
+@contextlib.contextmanager
+def kept_running_statistics(model: nn.Module | Callable) -> Iterator[None]:
+    """Leave the running statistics of ``model``'s normalisation layers as they were before the block.
+
+    Used by the resized (cheap) saliency pass: a training-mode forward on the batch at another
+    resolution would pull BatchNorm's running mean and variance towards the statistics of small images,
+    which the model never sees at test time (measured: -2.5 points of test accuracy on the data-scarce
+    Fashion-MNIST study, all of it recovered by recalibrating BatchNorm). The forward still normalises
+    with the batch's own statistics, as in training. Copies on the device: no host read.
+    """
+    buffers = _running_statistics(model)
+    saved = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, saved, strict=True):
+                buffer.copy_(value)
+
+
 def _logits_of(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
     logits = model(inputs)
     if not isinstance(logits, torch.Tensor):
@@ -150,8 +184,11 @@ def saliency_pass(
             resized to ``round(H * scale) x round(W * scale)`` (bilinear, antialiased) and the channel-
             reduced gradient map is resized back to H x W (bilinear) before smoothing: about
             ``scale ** 2`` of the work for a convolutional network. The clean loss, and with
-            ``param_grad_weight > 0`` its parameter gradient, are then those of the resized batch.
-            Needs a model that accepts the smaller input (CNNs with global pooling do).
+            ``param_grad_weight > 0`` its parameter gradient, are then those of the resized batch. The
+            resized forward leaves the running statistics of normalisation layers (BatchNorm's running
+            mean and variance) as they were (:func:`kept_running_statistics`); at ``scale == 1`` they
+            update as in the reference. Needs a model that accepts the smaller input (CNNs with global
+            pooling do).
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
@@ -219,7 +256,8 @@ def compute_saliency(
         if module is not None and param_grad_weight > 0
         else []
     )
-    with torch.enable_grad():
+    resized = small != (height, width)
+    with torch.enable_grad(), kept_running_statistics(model) if resized else contextlib.nullcontext():
         logits = _logits_of(model, inputs)
         if check_labels and not target.is_floating_point():  # the public boundary only: reads values
             num_classes = logits.shape[-1]
