@@ -59,3 +59,18 @@ def test_bench_memory_quick_measures_step_growth(tmp_path):
     for row in rows.values():
         assert row["unit"] == "MiB" and row["value"] > 0
         assert row["extra"]["process_peak_mib"] >= row["extra"]["before_steps_mib"]
+
+
+def test_interleaved_medians_take_the_calls_in_turn(monkeypatch):
+    import torch
+
+    from timm_sage.tools import timing
+
+    order: list[str] = []
+    clock = iter(float(t) for t in range(1000))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: next(clock))
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    medians = timing.interleaved_medians_ms(calls, torch.device("cpu"), repeats=3, warmup=1)
+    assert order == ["a", "b", "c"] * 4  # one warm-up round, then three timed rounds, in turn
+    # each timed call reads the clock twice in a row: 1 s apart, 1000 ms
+    assert medians == {"a": 1000.0, "b": 1000.0, "c": 1000.0}

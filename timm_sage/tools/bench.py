@@ -23,7 +23,14 @@ from tqdm import tqdm
 from timm_sage import functional
 from timm_sage.mixup import SageMixup
 from timm_sage.tools.report import write_between_markers
-from timm_sage.tools.timing import BenchRow, format_table, machine_description, median_ms, write_json_atomic
+from timm_sage.tools.timing import (
+    BenchRow,
+    format_table,
+    interleaved_medians_ms,
+    machine_description,
+    median_ms,
+    write_json_atomic,
+)
 
 SUITES = ("mix", "step", "scale", "memory")
 
@@ -222,8 +229,8 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             "timm cutmix": Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=classes),
             **SAGE_STEP_VARIANTS,
         }
-        vanilla_ms = None
-        for label, mixer in tqdm(mixers.items(), desc=f"bench step {case.model}", leave=False):
+        steps: dict[str, Callable[[], None]] = {}
+        for label, mixer in mixers.items():
             model = copy.deepcopy(base_model)
             step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), amp)
             if isinstance(mixer, dict):
@@ -234,9 +241,12 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             full_step = functools.partial(_mixed_step, step, mixer, x, y, classes)
             if amp:
                 full_step = functools.partial(_autocast_call, full_step, device)
-            ms = median_ms(full_step, device, repeats=repeats, warmup=warmup)
-            vanilla_ms = vanilla_ms or ms
-            rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / vanilla_ms))
+            steps[label] = full_step
+        medians = interleaved_medians_ms(
+            steps, device, repeats=repeats, warmup=warmup, desc=f"bench step {label_case}"
+        )
+        for label, ms in medians.items():
+            rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / medians["vanilla"]))
     return rows
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from timm_sage._atomic import atomic_write_text
 
@@ -47,6 +48,35 @@ def median_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, w
         synchronize(device)
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+def interleaved_medians_ms(
+    calls: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeats: int,
+    warmup: int,
+    desc: str | None = None,
+) -> dict[str, float]:
+    """Median wall time in ms of each call, the calls taken in turn (round-robin) ``repeats`` times after
+    ``warmup`` rounds: a machine that slows down or speeds up mid-run shifts every call alike, so their
+    ratios hold better than when each call's repeats run back to back. ``desc``: a progress bar's label."""
+    rounds = tqdm(total=warmup + repeats, desc=desc, leave=False, disable=desc is None)
+    for _ in range(warmup):
+        for fn in calls.values():
+            fn()
+        rounds.update()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append((time.perf_counter() - start) * 1000.0)
+        rounds.update()
+    rounds.close()
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def machine_description(device: torch.device) -> str:
