@@ -49,6 +49,25 @@ def test_bench_rejects_unknown_suite_and_device(capsys):
     assert cli.main(["bench", "nonsense"]) == 2
     assert "suites must be among" in capsys.readouterr().err
     assert cli.main(["bench", "mix", "--device", "tpu"]) == 2
+    assert cli.main(["bench", "mix", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_threads_and_section_name_the_report_section(tmp_path):
+    import torch
+
+    report = tmp_path / "benchmarks.md"
+    before = torch.get_num_threads()
+    try:
+        argv = ["bench", "step", "--quick", "--repeats", "1", "--warmup", "0", "--report", str(report)]
+        assert cli.main([*argv, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        section = read_between_markers(report, "bench-step-1-threads")
+        assert section is not None and "--threads 1" in section and "1 torch threads" in section
+        assert cli.main([*argv, "--section", "mine"]) == 0
+        assert read_between_markers(report, "mine").startswith("Command: `timm-sage bench step --device cpu")
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bench_memory_quick_measures_step_growth(tmp_path):

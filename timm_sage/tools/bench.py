@@ -430,6 +430,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Markdown file whose bench section gets the table (docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (torch.set_num_threads); default: torch's, usually one per core",
+    )
+    parser.add_argument(
+        "--section",
+        default=None,
+        help="name of the --report section (default: bench-<suites>[-cuda][-<N>-threads with --threads])",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -443,6 +454,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     rows: list[BenchRow] = []
     for suite in args.suites:
         if suite == "scale":
@@ -468,8 +483,15 @@ def run(args: argparse.Namespace) -> int:
             "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
         )
         command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
+        section = args.section or (
+            "bench-"
+            + "-".join(args.suites)
+            + ("-" + device.type if device.type != "cpu" else "")
+            + (f"-{args.threads}-threads" if args.threads is not None else "")
+        )
+        command += f" --threads {args.threads}" if args.threads is not None else ""
+        command += f" --section {args.section}" if args.section else ""
         body = f"Command: `{command}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
-        section = "bench-" + "-".join(args.suites) + ("-" + device.type if device.type != "cpu" else "")
         write_between_markers(args.report, body, section)
         print(f"wrote section {section} of {args.report}")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1
