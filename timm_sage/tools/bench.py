@@ -12,6 +12,7 @@ import functools
 import math
 import multiprocessing
 import resource
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from timm_sage.tools.report import write_between_markers
 from timm_sage.tools.timing import (
     BenchRow,
     format_table,
-    interleaved_medians_ms,
+    interleaved_times_ms,
     machine_description,
     median_ms,
     write_json_atomic,
@@ -242,11 +243,12 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             if amp:
                 full_step = functools.partial(_autocast_call, full_step, device)
             steps[label] = full_step
-        medians = interleaved_medians_ms(
-            steps, device, repeats=repeats, warmup=warmup, desc=f"bench step {label_case}"
-        )
+        desc = f"bench step {label_case}"
+        times = interleaved_times_ms(steps, device, repeats=repeats, warmup=warmup, desc=desc)
+        medians = {label: statistics.median(values) for label, values in times.items()}
         for label, ms in medians.items():
-            rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / medians["vanilla"]))
+            spread = {"min_ms": min(times[label]), "max_ms": max(times[label])}
+            rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / medians["vanilla"], spread))
     return rows
 
 

@@ -50,16 +50,16 @@ def median_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, w
     return statistics.median(times)
 
 
-def interleaved_medians_ms(
+def interleaved_times_ms(
     calls: dict[str, Callable[[], object]],
     device: torch.device,
     *,
     repeats: int,
     warmup: int,
     desc: str | None = None,
-) -> dict[str, float]:
-    """Median wall time in ms of each call, the calls taken in turn (round-robin) ``repeats`` times after
-    ``warmup`` rounds: a machine that slows down or speeds up mid-run shifts every call alike, so their
+) -> dict[str, list[float]]:
+    """Wall times in ms of each call's timed runs, the calls taken in turn (round-robin) ``repeats``
+    times after ``warmup`` rounds: a machine that slows down or speeds up mid-run shifts every call alike, so their
     ratios hold better than when each call's repeats run back to back. ``desc``: a progress bar's label."""
     rounds = tqdm(total=warmup + repeats, desc=desc, leave=False, disable=desc is None)
     for _ in range(warmup):
@@ -76,7 +76,7 @@ def interleaved_medians_ms(
             times[name].append((time.perf_counter() - start) * 1000.0)
         rounds.update()
     rounds.close()
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def machine_description(device: torch.device) -> str:
