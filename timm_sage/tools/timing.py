@@ -59,8 +59,9 @@ def interleaved_times_ms(
     desc: str | None = None,
 ) -> dict[str, list[float]]:
     """Wall times in ms of each call's timed runs, the calls taken in turn (round-robin) ``repeats``
-    times after ``warmup`` rounds: a machine that slows down or speeds up mid-run shifts every call alike, so their
-    ratios hold better than when each call's repeats run back to back. ``desc``: a progress bar's label."""
+    times after ``warmup`` rounds: a machine that slows down or speeds up mid-run shifts every call
+    alike, so their ratios hold better than when each call's repeats run back to back. ``desc``: the
+    label of a progress bar over the rounds."""
     rounds = tqdm(total=warmup + repeats, desc=desc, leave=False, disable=desc is None)
     for _ in range(warmup):
         for fn in calls.values():
