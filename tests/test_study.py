@@ -129,14 +129,19 @@ def test_time_epochs_runs_each_config_briefly(tmp_path, monkeypatch):
         calls.append(command)
         folder = Path(command[command.index("--output") + 1]) / command[command.index("--experiment") + 1]
         folder.mkdir(parents=True)
-        times = [5.0, 1.0, 1.5] if "a" in folder.name else [5.0, 2.0, 2.0]
+        # the first pass finds the machine slow, the second (reverse order) fast
+        slow = sum(1 for c in calls if c[c.index("--experiment") + 1] == folder.name) == 1
+        times = ([5.0, 1.0, 1.5] if "a" in folder.name else [5.0, 2.0, 2.0]) if slow else [5.0, 0.5, 0.5]
         lines = [json.dumps({"epoch": i + 1, "epoch_time": t}) for i, t in enumerate(times)]
         (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
     monkeypatch.setattr(study.subprocess, "run", fake_run)
     configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
     seconds = study.time_epochs(configs, 3, tmp_path / "out", [])
-    assert seconds == {"a": 1.25, "b": 2.0}  # the median after the warm-up epoch
+    # each config's median over both passes, warm-up epochs left out: a [1.0, 1.5, 0.5, 0.5], b [2, 2, .5, .5]
+    assert seconds == {"a": 0.75, "b": 1.25}
+    names = [c[c.index("--experiment") + 1] for c in calls]
+    assert names == ["a", "b", "b", "a"]  # in order, then in reverse order
     assert all("--epochs" in c and c[c.index("--epochs") + 1] == "3" for c in calls)
     with pytest.raises(ValueError, match="time-epochs"):
         study.time_epochs(configs, 1, tmp_path / "out", [])

@@ -221,28 +221,33 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
 
 
 def time_epochs(configs: list[Path], epochs: int, output: Path, extra: list[str]) -> dict[str, float]:
-    """Seconds per training epoch of each config, measured back to back in fresh runs of ``epochs``
-    epochs (the median epoch time after the first): timings of the study's own runs are only comparable
-    when nothing else shared the machine while they ran; these are, when this pass runs alone.
+    """Seconds per training epoch of each config, measured in fresh runs of ``epochs`` epochs: the
+    configs run back to back in their order, then again in reverse order, and each config's figure is
+    the median of its epoch times after the first epoch of each run. The two orders cancel a machine
+    that speeds up or slows down during the pass (measured on this project's box: the first config of a
+    single pass came out 20 % slow). Timings of the study's own runs are only comparable when nothing
+    else shared the machine while they ran; these are, when this pass runs alone.
     Returns ``{config stem: seconds}``; the runs go to ``output/_timing`` and are replaced each time."""
     if epochs < 2:
         raise ValueError(f"--time-epochs must be >= 2 (the first epoch is warm-up), got {epochs}")
-    seconds = {}
-    for config in configs:
-        folder = output / "_timing" / config.stem
-        if folder.exists():
-            shutil.rmtree(folder)
-        command = [
-            sys.executable, "-m", "timm_sage.tools.cli", "train", "--config", str(config),
-            "--epochs", str(epochs), "--output", str(folder.parent), "--experiment", config.stem,
-            "--eval_interval", str(epochs),
-            "--eval_train", "false", "--no-progress", *extra,
-        ]  # fmt: skip
-        print(f"[study] timing {config.stem}: {epochs} epochs", flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
-        seconds[config.stem] = statistics.median(float(row["epoch_time"]) for row in rows[1:])
-    return seconds
+    times: dict[str, list[float]] = {config.stem: [] for config in configs}
+    for order in (configs, configs[::-1]):
+        for config in order:
+            folder = output / "_timing" / config.stem
+            if folder.exists():
+                shutil.rmtree(folder)
+            command = [
+                sys.executable, "-m", "timm_sage.tools.cli", "train", "--config", str(config),
+                "--epochs", str(epochs), "--output", str(folder.parent), "--experiment", config.stem,
+                "--eval_interval", str(epochs),
+                "--eval_train", "false", "--no-progress", *extra,
+            ]  # fmt: skip
+            print(f"[study] timing {config.stem}: {epochs} epochs", flush=True)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            lines = (folder / "metrics.jsonl").read_text().splitlines()
+            rows = [json.loads(line) for line in lines if line]
+            times[config.stem] += [float(row["epoch_time"]) for row in rows[1:]]
+    return {stem: statistics.median(values) for stem, values in times.items()}
 
 
 def override_flags(assignments: list[str]) -> list[str]:
