@@ -68,7 +68,9 @@ class SageConfig:
     blur_kernel: int = _option(5, "Gaussian blur kernel of the saliency maps (odd)", kind=int)
     blur_sigma: float = _option(1.0, "Gaussian blur sigma, in pixels")
     saliency_scale: float = _option(
-        1.0, "cheap saliency: the saliency pass runs on the batch resized by this factor in (0, 1]"
+        1.0,
+        "cheap saliency: the saliency pass runs on the batch resized by this factor in (0, 1]; pair it with "
+        "update_ratio 1 (below 1 the clean loss term is taken on the resized batch)",
     )
     rearrangement: str = _option(
         "search", "partner placement: search (paper), or the ablations none / random", choices=REARRANGEMENTS,

@@ -310,17 +310,17 @@ def suite_scale(
 def _plot_scale(rows: list[BenchRow], path: Path) -> None:
     from timm_sage.tools.plots import loglog_plot
 
-    series: dict[str, tuple[list[float], list[float]]] = {}
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for row in rows:
         axis = row.extra["axis"]
-        fixed = f"B={row.extra['batch']}" if axis == "size" else f"{row.extra['size']}x{row.extra['size']}"
-        key = f"{'image side' if axis == 'size' else 'batch size'} ({fixed}): {row.name}"
-        xs, ys = series.setdefault(key, ([], []))
-        xs.append(row.extra["size"] if axis == "size" else row.extra["batch"])
+        if axis == "size":
+            xlabel, x = f"image side (B={row.extra['batch']})", row.extra["size"]
+        else:
+            xlabel, x = f"batch size ({row.extra['size']}x{row.extra['size']})", row.extra["batch"]
+        xs, ys = panels.setdefault(xlabel, {}).setdefault(row.name, ([], []))
+        xs.append(x)
         ys.append(row.value)
-    loglog_plot(
-        series, path, title="sage_mix cost (median ms)", xlabel="image side / batch size", ylabel="ms"
-    )
+    loglog_plot(panels, path, title="sage_mix cost (median ms)", ylabel="ms")
 
 
 MEMORY_KINDS = ("vanilla", "sage r=1", "sage r=0.7")

@@ -27,26 +27,28 @@ def save_figure_atomic(figure, path: str | Path, dpi: int = 110) -> Path:
 
 
 def loglog_plot(
-    series: dict[str, tuple[list[float], list[float]]],
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]],
     path: str | Path,
     *,
     title: str,
-    xlabel: str,
     ylabel: str,
 ) -> Path:
-    """One log-log line per series name: ``{name: (xs, ys)}``."""
+    """Log-log panels side by side, sharing the y axis: ``{x label: {series name: (xs, ys)}}``."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for name, (xs, ys) in series.items():
-        axes.loglog(xs, ys, marker="o", label=name)
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    axes.xaxis.set_major_formatter(ScalarFormatter())
-    axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_xticks(sorted({x for xs, _ in series.values() for x in xs}))
-    axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    figure, grid = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), sharey=True, squeeze=False)
+    for axes, (xlabel, series) in zip(grid[0], panels.items(), strict=True):
+        for name, (xs, ys) in series.items():
+            axes.loglog(xs, ys, marker="o", label=name)
+        axes.xaxis.set_major_formatter(ScalarFormatter())
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        axes.set_xticks(sorted({x for xs, _ in series.values() for x in xs}))
+        axes.set(xlabel=xlabel)
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    grid[0][0].set(ylabel=ylabel)
+    figure.suptitle(title)
     save_figure_atomic(figure, path)
     plt.close(figure)
     return Path(path)
