@@ -315,7 +315,9 @@ def sage_mix(
         translations: (K, 2) integer candidate ``(dy, dx)``, ``|dy| < H``, ``|dx| < W``.
         search_size: None for the exact search; an int searches maps sum-pooled to at most that size
             and keeps the candidate whose pooled shift scores best (mask and lam stay full-resolution).
-        chunk_elements: memory bound of the search (float32 elements per chunk); default by device.
+        chunk_elements: memory bound of the batched search kernel (float32 elements per chunk); default
+            by device. The CPU's overlap kernel, used for maps of 16,384 elements or more per candidate,
+            holds one candidate at a time and ignores it.
 
     Returns:
         :class:`SageMixOutput` (images, lam, translation), detached from any graph.
