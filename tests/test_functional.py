@@ -98,6 +98,12 @@ def test_overlap_and_windows_kernels_agree(seed, batch, height, width, zero_frac
     torch.testing.assert_close(overlap, windows, atol=1e-6, rtol=1e-5)
 
 
+def test_an_unknown_search_kernel_is_named():
+    maps = torch.rand(1, 4, 4)
+    with pytest.raises(ValueError, match="kernel must be one of windows, overlap"):
+        _search.translation_scores(maps, maps, torch.zeros(1, 2, dtype=torch.long), kernel="fft")
+
+
 def test_the_kernel_is_chosen_from_metadata():
     translations = torch.zeros(3, 2, dtype=torch.long)
     assert _search.choose_kernel(torch.zeros(8, 128, 128), translations) == "overlap"

@@ -140,6 +140,8 @@ def translation_scores(
     """
     if kernel is None:
         kernel = choose_kernel(anchor, translations)
+    elif kernel not in SEARCH_KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(SEARCH_KERNELS)} or None, got {kernel!r}")
     if kernel == "overlap":
         return _overlap_scores(anchor, partner, translations)
     return _windows_scores(anchor, partner, translations, chunk_elements)

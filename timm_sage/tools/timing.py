@@ -38,16 +38,7 @@ def synchronize(device: torch.device) -> None:
 
 def median_ms(fn: Callable[[], object], device: torch.device, *, repeats: int, warmup: int) -> float:
     """Median wall time of ``fn`` in milliseconds over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times)
+    return statistics.median(interleaved_times_ms({"fn": fn}, device, repeats=repeats, warmup=warmup)["fn"])
 
 
 def interleaved_times_ms(
