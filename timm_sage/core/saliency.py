@@ -240,7 +240,8 @@ def compute_saliency(
     """
     height, width = x.shape[-2:]
     small = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if small != (height, width):
+    resized = small != (height, width)
+    if resized:
         with torch.no_grad():
             inputs = F.interpolate(
                 x.detach(), size=small, mode="bilinear", antialias=True, align_corners=False
@@ -256,7 +257,6 @@ def compute_saliency(
         if module is not None and param_grad_weight > 0
         else []
     )
-    resized = small != (height, width)
     with torch.enable_grad(), kept_running_statistics(model) if resized else contextlib.nullcontext():
         logits = _logits_of(model, inputs)
         if check_labels and not target.is_floating_point():  # the public boundary only: reads values
@@ -284,7 +284,7 @@ def compute_saliency(
     with torch.autocast(device_type=grad.device.type, enabled=False):
         grad = grad.float()
         channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
-        if channel_map.shape[-2:] != (height, width):
+        if resized:
             # Bilinear interpolation of non-negative values stays non-negative.
             channel_map = F.interpolate(
                 channel_map[:, None], size=(height, width), mode="bilinear", align_corners=False
