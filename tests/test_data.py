@@ -104,7 +104,7 @@ def test_augmentation_is_a_padded_crop_or_its_mirror():
 def test_image_folder_is_decoded_resized_and_grayscaled(tmp_path):
     make_image_folder(tmp_path, classes=3, per_class=4, size=10)
     cfg = load_config(None, {"data_dir": str(tmp_path), "input_size": [1, 8, 8]})
-    train, test, info = load_datasets(cfg)
+    train, _, test, info = load_datasets(cfg)
     assert train.images.shape == (12, 1, 8, 8) and train.images.dtype == torch.uint8
     assert test.images.shape == (6, 1, 8, 8)
     assert train.classes == ["class_0", "class_1", "class_2"]
@@ -134,7 +134,7 @@ def test_missing_cifar_names_the_folder(tmp_path):
 )
 def test_fashion_mnist_subset_from_the_debian_files():
     cfg = load_config(None, {"dataset": "fashion_mnist", "train_subset": 500})
-    train, test, info = load_datasets(cfg)
+    train, _, test, info = load_datasets(cfg)
     assert train.images.shape == (500, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == [50] * 10
     assert torch.bincount(test.labels).tolist() == [1000] * 10

@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     from timm_sage.train.data import BatchLoader, load_datasets
 
     cfg = load_config(args.config)
-    _, test, info = load_datasets(cfg)
+    _, _, test, info = load_datasets(cfg)
     loader = BatchLoader(test, 100, info["mean"], info["std"], train=False, device=torch.device("cpu"))
     batches, seen = [], 0
     for x, y in loader.batches():

@@ -26,9 +26,17 @@ def run_name(config: Path, seed: int) -> str:
     return f"{config.stem}-seed{seed}"
 
 
-def run_study(configs: list[Path], seeds: list[int], output: Path, extra: list[str]) -> list[Path]:
+def run_study(
+    configs: list[Path],
+    seeds: list[int],
+    output: Path,
+    extra: list[str],
+    epochs: dict[str, int] | None = None,
+) -> list[Path]:
     """Train every config with every seed, seed by seed (so a stopped study has every method for the
-    first seeds), skipping finished runs and resuming interrupted ones; returns the run folders."""
+    first seeds), skipping finished runs and resuming interrupted ones; returns the run folders.
+    ``epochs`` ({config stem: epochs}) shortens a config's schedule: its own cosine schedule over fewer
+    epochs, trained to completion (the equal wall-clock runs)."""
     for config in configs:
         if not config.is_file():
             raise FileNotFoundError(f"config {config} does not exist")
@@ -56,6 +64,8 @@ def run_study(configs: list[Path], seeds: list[int], output: Path, extra: list[s
                 name,
                 *extra,
             ]
+            if epochs and config.stem in epochs:
+                command += ["--epochs", str(epochs[config.stem])]
             if (folder / "last.pth.tar").is_file():
                 command += ["--resume", str(folder / "last.pth.tar")]
             print(f"[study] {name}: {' '.join(command[3:])}", flush=True)
@@ -80,8 +90,16 @@ def _stem_and_seed(folder: Path) -> tuple[str, int]:
     return stem, int(seed)
 
 
-def collect(folders: list[Path], epoch_seconds: dict[str, float] | None = None) -> dict[str, list[dict]]:
+def collect(
+    folders: list[Path],
+    epoch_seconds: dict[str, float] | None = None,
+    metric: str = "test",
+    names: dict[str, str] | None = None,
+) -> dict[str, list[dict]]:
     """Finished runs by method, in the order of ``folders``.
+
+    ``metric`` "val" takes the curve points from the validation evaluations (runs with ``val_size``),
+    which is where choices are made; the test top-1 of the final weights is always ``final_top1``.
 
     Each run: ``seed``, ``final_top1``, ``best_top1``, ``final_train_top1`` (None unless the run had
     ``eval_train``), ``train_s`` (training seconds, evaluation excluded: the median epoch time times the
@@ -89,7 +107,7 @@ def collect(folders: list[Path], epoch_seconds: dict[str, float] | None = None) 
     ``[(epoch, training seconds up to it, test top-1)]`` for every
     evaluated epoch.
     """
-    names = method_names([_stem_and_seed(f)[0] for f in folders])
+    names = names or method_names([_stem_and_seed(f)[0] for f in folders])
     results: dict[str, list[dict]] = {}
     for folder in folders:
         summary_path = folder / "summary.json"
@@ -104,10 +122,11 @@ def collect(folders: list[Path], epoch_seconds: dict[str, float] | None = None) 
         if epoch_seconds and stem in epoch_seconds:
             epoch_s = epoch_seconds[stem]
         seconds = epoch_s * len(rows)
+        key = "val_top1" if metric == "val" else "test_top1"
         points = [
-            (int(row["epoch"]), epoch_s * int(row["epoch"]), float(row["test_top1"]))
+            (int(row["epoch"]), epoch_s * int(row["epoch"]), float(row[key]))
             for row in rows
-            if row.get("test_top1") is not None
+            if row.get(key) is not None
         ]
         seed = _stem_and_seed(folder)[1]
         results.setdefault(names[stem], []).append(
@@ -116,6 +135,7 @@ def collect(folders: list[Path], epoch_seconds: dict[str, float] | None = None) 
                 "final_top1": summary["final_top1"],
                 "best_top1": summary["best_top1"],
                 "final_train_top1": summary.get("final_train_top1"),
+                "final_val_top1": summary.get("final_val_top1"),
                 "train_s": seconds,
                 "epochs": len(rows),
                 "points": points,
@@ -132,6 +152,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def table(results: dict[str, list[dict]]) -> str:
     """Equal epochs: final-epoch test top-1 (mean, sample std, per seed), best epoch, final train top-1
     on the un-augmented training images and the train/test gap (when the runs measured it)."""
+    with_val = all(r.get("final_val_top1") is not None for runs in results.values() for r in runs)
+    if with_val:
+        return _val_table(results)
     lines = [
         "| method | runs | final top-1 mean | std | best top-1 mean | final train top-1 | train-test gap "
         "| train s/run | seeds (final top-1) |",
@@ -155,6 +178,57 @@ def table(results: dict[str, list[dict]]) -> str:
             f"| {seconds:.0f} | {seeds} |"
         )
     return "\n".join(lines)
+
+
+def _val_table(results: dict[str, list[dict]]) -> str:
+    """Runs with a validation split: the validation top-1 (where choices are made) beside the test top-1
+    of the final weights (read once per run, after the last epoch)."""
+    lines = [
+        "| method | runs | val top-1 mean | val std | test top-1 mean | test std | final train top-1 "
+        "| train s/run | seeds (val / test top-1) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for method, runs in results.items():
+        val, val_spread = _mean_std([r["final_val_top1"] for r in runs])
+        test, test_spread = _mean_std([r["final_top1"] for r in runs])
+        trains = [r["final_train_top1"] for r in runs if r["final_train_top1"] is not None]
+        train_cell = f"{statistics.mean(trains):.2f}" if len(trains) == len(runs) else "n/a"
+        seconds = statistics.mean(r["train_s"] for r in runs)
+        seeds = ", ".join(
+            f"{r['seed']}: {r['final_val_top1']:.2f} / {r['final_top1']:.2f}"
+            for r in sorted(runs, key=lambda r: r["seed"])
+        )
+        lines.append(
+            f"| {method} | {len(runs)} | {val:.2f} | {val_spread:.2f} | {test:.2f} | {test_spread:.2f} "
+            f"| {train_cell} | {seconds:.0f} | {seeds} |"
+        )
+    return "\n".join(lines)
+
+
+def selection(results: dict[str, list[dict]], prefix: str = "sage") -> str:
+    """The choice made on validation: the method with the best mean validation top-1 among those whose
+    name starts with ``prefix`` (the SAGE settings), and how it compares on test with the best of the
+    others. Empty when the runs have no validation split."""
+    if not all(r.get("final_val_top1") is not None for runs in results.values() for r in runs):
+        return ""
+    val = {m: statistics.mean(r["final_val_top1"] for r in runs) for m, runs in results.items()}
+    test = {m: _mean_std([r["final_top1"] for r in runs]) for m, runs in results.items()}
+    candidates = [m for m in val if m.startswith(prefix)]
+    others = [m for m in val if not m.startswith(prefix)]
+    if not candidates:
+        return ""
+    chosen = max(candidates, key=val.get)
+    text = (
+        f"Chosen on validation among the {prefix} settings: **{chosen}** (val {val[chosen]:.2f}); its test "
+        f"top-1 {test[chosen][0]:.2f} ± {test[chosen][1]:.2f}."
+    )
+    if others:
+        rival = max(others, key=val.get)
+        text += (
+            f" Best other method on validation: {rival} (val {val[rival]:.2f}, test "
+            f"{test[rival][0]:.2f} ± {test[rival][1]:.2f})."
+        )
+    return text
 
 
 def top1_within(run: dict, budget_s: float) -> tuple[float, int] | None:
@@ -188,6 +262,55 @@ def budget_table(results: dict[str, list[dict]], reference: str) -> str:
         epochs = statistics.mean(v[1] for v in reached.values())
         seeds = ", ".join(f"{seed}: {v[0]:.2f}" for seed, v in sorted(reached.items()))
         lines.append(f"| {method} | {cost:.2f}x | {epochs:.0f} | {mean:.2f} | {spread:.2f} | {seeds} |")
+    return "\n".join(lines)
+
+
+def budget_epochs(
+    epoch_seconds: dict[str, float], reference: str, epochs: int, tolerance: float = 0.05
+) -> dict[str, int]:
+    """Epochs of each config's shortened schedule within ``reference``'s whole-schedule time: ``floor(epochs
+    * t_ref / t)`` for configs that cost more than ``1 + tolerance`` of the reference per epoch (the others
+    keep their full schedule and are left out). Keys are config stems; ``reference`` a stem too."""
+    if reference not in epoch_seconds:
+        raise ValueError(
+            f"budget reference {reference!r} has no epoch time (configs: {sorted(epoch_seconds)})"
+        )
+    budget = epoch_seconds[reference] * epochs
+    return {
+        stem: max(1, int(budget // seconds))
+        for stem, seconds in epoch_seconds.items()
+        if seconds > epoch_seconds[reference] * (1 + tolerance)
+    }
+
+
+def trained_budget_table(
+    full: dict[str, list[dict]], shortened: dict[str, list[dict]], costs: dict[str, float], reference: str
+) -> str:
+    """Equal wall-clock with every schedule trained to completion: a method that costs more per epoch
+    than ``reference`` trains its own cosine schedule over the epochs that fit in the reference's
+    whole-schedule time (``shortened``); the others keep their full runs. Final weights' validation and
+    test top-1 (mean, sample std, per seed)."""
+    with_val = all(r.get("final_val_top1") is not None for runs in full.values() for r in runs)
+    lines = [
+        "| method | cost per epoch vs "
+        + reference
+        + " | epochs trained | "
+        + ("val top-1 mean | " if with_val else "")
+        + "test top-1 mean | std | seeds (test top-1) |",
+        "|---|---:|---:|" + ("---:|" if with_val else "") + "---:|---:|---|",
+    ]
+    for method, runs in full.items():
+        runs = shortened.get(method, runs)
+        test, spread = _mean_std([r["final_top1"] for r in runs])
+        epochs = statistics.mean(r["epochs"] for r in runs)
+        val_cell = f"{statistics.mean(r['final_val_top1'] for r in runs):.2f} | " if with_val else ""
+        seeds = ", ".join(
+            f"{r['seed']}: {r['final_top1']:.2f}" for r in sorted(runs, key=lambda r: r["seed"])
+        )
+        lines.append(
+            f"| {method} | {costs.get(method, 1.0):.2f}x | {epochs:.0f} | {val_cell}{test:.2f} "
+            f"| {spread:.2f} | {seeds} |"
+        )
     return "\n".join(lines)
 
 
@@ -288,6 +411,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="do not train, only report finished runs")
     parser.add_argument(
+        "--select-on", choices=("test", "val"), default="test",
+        help="val: curves, the figure and the choice among SAGE settings read the validation split (configs "
+        "with val_size); the test top-1 of the final weights is reported beside it (default test)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--equal-time", action="store_true",
+        help="equal wall-clock with trained schedules: each config that costs more per epoch than the "
+        "reference trains its own schedule over the epochs that fit in the reference's time (runs under "
+        "OUTPUT/budget; the plan is kept in OUTPUT/budget/plan.json)",
+    )  # fmt: skip
+    parser.add_argument("--replan", action="store_true", help="with --equal-time: recompute plan.json")
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -296,25 +431,90 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _stem_epoch_seconds(folders: list[Path]) -> dict[str, float]:
+    """{config stem: mean over its finished runs of the run's median epoch time}."""
+    per_stem: dict[str, list[float]] = {}
+    for folder in folders:
+        if not (folder / "summary.json").is_file():
+            continue
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+        per_stem.setdefault(_stem_and_seed(folder)[0], []).append(
+            statistics.median(float(row["epoch_time"]) for row in rows)
+        )
+    return {stem: statistics.mean(values) for stem, values in per_stem.items()}
+
+
+def _budget_plan(
+    args: argparse.Namespace, folders: list[Path], epoch_seconds: dict[str, float] | None
+) -> dict:
+    """The shortened schedules, written once to ``output/budget/plan.json`` and reused after (so that a
+    resumed study trains the same epochs): {"seconds": {stem: s/epoch}, "epochs": {stem: epochs}}."""
+    from timm_sage._atomic import atomic_write_text
+    from timm_sage.train.config import load_config
+
+    path = args.output / "budget" / "plan.json"
+    if path.is_file() and not args.replan:
+        return json.loads(path.read_text())
+    seconds = epoch_seconds or _stem_epoch_seconds(folders)
+    names = method_names([c.stem for c in args.configs])
+    reference = next((stem for stem, name in names.items() if name == args.budget_reference), None)
+    if reference is None or reference not in seconds:
+        raise ValueError(f"--budget-reference {args.budget_reference!r} has no finished runs to time")
+    epochs = load_config(next(c for c in args.configs if c.stem == reference)).epochs
+    plan = {
+        "reference": reference,
+        "reference_epochs": epochs,
+        "seconds": seconds,
+        "epochs": budget_epochs(seconds, reference, epochs),
+    }
+    atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
+    extra = override_flags(args.set)
     if not args.report_only:
-        run_study(args.configs, args.seeds, args.output, override_flags(args.set))
+        run_study(args.configs, args.seeds, args.output, extra)
     epoch_seconds = None
     if args.time_epochs is not None:
-        epoch_seconds = time_epochs(args.configs, args.time_epochs, args.output, override_flags(args.set))
+        epoch_seconds = time_epochs(args.configs, args.time_epochs, args.output, extra)
         print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in epoch_seconds.items()))
-    results = collect(folders, epoch_seconds)
+    results = collect(folders, epoch_seconds, metric=args.select_on)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
     body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
-    if args.budget_reference in results:
+    chosen = selection(results) if args.select_on == "val" else ""
+    if chosen:
+        body += "\n\n" + chosen
+    if args.budget_reference in results and args.equal_time:
+        plan = _budget_plan(args, folders, epoch_seconds)
+        shortened_configs = [c for c in args.configs if c.stem in plan["epochs"]]
+        if not args.report_only:
+            run_study(shortened_configs, args.seeds, args.output / "budget", extra, epochs=plan["epochs"])
+        budget_folders = [
+            args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
+        ]
+        names = method_names([c.stem for c in args.configs])
+        shortened = collect(budget_folders, names=names)
+        reference_seconds = plan["seconds"][plan["reference"]]
+        costs = {
+            names[stem]: sec / reference_seconds for stem, sec in plan["seconds"].items() if stem in names
+        }
+        body += (
+            f"\n\n**Equal wall-clock, schedules trained to completion** (budget: {plan['reference_epochs']} "
+            f"epochs of {args.budget_reference}; seconds per epoch from "
+            + ("fresh timing runs" if epoch_seconds else "the study's own runs")
+            + ")\n\n"
+            + trained_budget_table(results, shortened, costs, args.budget_reference)
+        )
+    elif args.budget_reference in results:
         body += "\n\n**Equal wall-clock**\n\n" + budget_table(results, args.budget_reference)
     print(body)
     if args.figure is not None:
         plot_curves(results, args.figure, args.title)
         figure_link = os.path.relpath(args.figure, args.report.parent) if args.report else str(args.figure)
-        body += f"\n\n![test top-1 per epoch and per training second]({figure_link})"
+        body += f"\n\n![{args.select_on} top-1 per epoch and per training second]({figure_link})"
     if args.report is not None:
         write_between_markers(args.report, body, args.section)
         print(f"wrote {args.report}")

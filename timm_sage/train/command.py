@@ -176,8 +176,13 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
     print(
         f"timm-sage train: done in {summary['wall_time_s']:.0f} s: "
         f"final test top-1 {summary['final_top1']:.2f}% "
-        f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
-        f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
+        + (
+            f"(validation: final {summary['final_val_top1']:.2f}%, best {summary['best_val_top1']:.2f}% at "
+            f"epoch {summary['best_val_epoch']})\n"
+            if summary.get("final_val_top1") is not None
+            else f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
+        )
+        + f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
         flush=True,
     )
     return 0

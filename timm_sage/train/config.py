@@ -14,6 +14,7 @@ it. Every key falls in one of four groups:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from timm_sage.config import SageConfig, option_infos
+from timm_sage.data.scenes import SceneParams
 
 __all__ = [
     "DEFAULT_ONLY",
@@ -53,6 +55,7 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "hflip": ("float", 0.5),
     "no_aug": ("bool", False),
     "train_subset": ("int", None),
+    "val_size": ("int", None),  # validation images held out from the training pool (choices are made on it)
     "batch_size": ("int", 128),
     "validation_batch_size": ("int", None),
     "workers": ("int", 4),
@@ -129,6 +132,9 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "resume": ("str", ""),
 }
 
+SUPPORTED.update(
+    {f"scenes_{f.name}": (type(f.default).__name__, f.default) for f in dataclasses.fields(SceneParams)}
+)  # the fashion_mnist_scenes generator's parameters (timm_sage.data.scenes)
 SUPPORTED.update(
     {f"sage_{info.name}": (info.kind.__name__, info.default) for info in option_infos()}
 )  # the names of timm_sage.plugin's and the launcher's --sage-* flags
@@ -347,6 +353,7 @@ def _check(cfg: TrainConfig) -> None:
         "eval_interval",
         "validation_batch_size",
         "train_subset",
+        "val_size",
         "img_size",
         "in_chans",
         "num_classes",
@@ -371,6 +378,7 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"decay_milestones must be increasing, got {cfg.decay_milestones}")
     if cfg.workers < 0:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
+    SceneParams(**{name: cfg[f"scenes_{name}"] for name in SceneParams.names()})
     # Every sage_* value, with SageConfig's rules and errors naming the key.
     SageConfig.from_mapping(
         {k: v for k, v in cfg.items() if k != "sage_seed"}, prefix="sage_", source="config"

@@ -6,6 +6,8 @@ Never downloads. Sources, by the ``dataset`` key:
   ``data_dir``, default ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
 * ``cifar10`` / ``cifar100`` (or ``torch/cifar10`` ...): the python-pickle folder
   (``cifar-10-batches-py`` / ``cifar-100-python``) in ``data_dir``, read by torchvision without download.
+* ``fashion_mnist_scenes``: Fashion-MNIST garments on natural photographs (:mod:`timm_sage.data.scenes`),
+  generated from the ``scenes_*`` keys and cached; it brings its own validation split and object masks.
 * ``""`` / ``folder``: an ImageFolder tree ``data_dir/{train_split,val_split}/CLASS/*.png``; any other name
   goes to ``timm.data.create_dataset`` (``download=False``). Images are resized to ``input_size``.
 
@@ -19,6 +21,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,7 +31,14 @@ from timm_sage.data import idx as _idx
 from timm_sage.data.cifar import FOLDERS, read_cifar
 from timm_sage.data.stats import DATASET_STATS
 
-__all__ = ["BatchLoader", "ImageTensors", "class_balanced_subset", "crop_padding", "load_datasets"]
+__all__ = [
+    "BatchLoader",
+    "DataSplits",
+    "ImageTensors",
+    "class_balanced_subset",
+    "crop_padding",
+    "load_datasets",
+]
 
 FASHION_MNIST_DIR = _idx.FASHION_MNIST_ROOT
 FASHION_MNIST_CLASSES = _idx.FASHION_MNIST_CLASSES
@@ -38,17 +48,30 @@ SUBSET_SEED = 20221101  # fixed: every method and seed of a study sees the same 
 
 @dataclass
 class ImageTensors:
-    """A decoded split: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64, class names."""
+    """A decoded split: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64, class names, and where the
+    dataset knows them the objects' ``masks`` (N, H, W) uint8 (alpha, 0-255)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def select(self, indices: torch.Tensor) -> ImageTensors:
-        return ImageTensors(self.images[indices], self.labels[indices], self.classes)
+        masks = self.masks[indices] if self.masks is not None else None
+        return ImageTensors(self.images[indices], self.labels[indices], self.classes, masks)
+
+
+class DataSplits(NamedTuple):
+    """What :func:`load_datasets` returns: ``train``, ``val`` (None without ``val_size``), ``test`` and
+    ``info`` = {"name", "mean", "std", "input_size": [C, H, W]}."""
+
+    train: ImageTensors
+    val: ImageTensors | None
+    test: ImageTensors
+    info: dict
 
 
 def _canonical(name: str) -> str:
@@ -176,28 +199,73 @@ def _match_channels(images: torch.Tensor, channels: int, name: str) -> torch.Ten
     raise ValueError(f"in_chans: {name} has {have} channels, cannot feed a {channels}-channel model")
 
 
-def load_datasets(cfg) -> tuple[ImageTensors, ImageTensors, dict]:
-    """Train and test splits of ``cfg.dataset`` as uint8 tensors, subset and resized as configured.
+def _load_scenes(cfg) -> tuple[ImageTensors, ImageTensors, ImageTensors]:
+    from timm_sage.data import scenes
 
-    Returns:
-        (train, test, info) with ``info`` = {"name", "mean", "std", "input_size": [C, H, W]}.
+    params = scenes.SceneParams(**{name: cfg[f"scenes_{name}"] for name in scenes.SceneParams.names()})
+    splits = scenes.load_scenes(params, cfg.data_dir)
+    classes = list(FASHION_MNIST_CLASSES)
+    return tuple(
+        ImageTensors(splits[name].images, splits[name].labels, classes, splits[name].masks)
+        for name in ("train", "val", "test")
+    )  # type: ignore[return-value]
+
+
+def load_datasets(cfg) -> DataSplits:
+    """Train, validation and test splits of ``cfg.dataset`` as uint8 tensors, subset and resized as
+    configured.
+
+    The validation split (``val_size`` images, class-balanced) is held out from the training pool: images
+    that are not in the training subset (``train_subset``); ``fashion_mnist_scenes`` brings its own,
+    drawn from other garments on other photographs. Choices (presets, settings, epochs) are made on it;
+    the test split is for the final tables.
     """
     name = _canonical(cfg.dataset)
     requested = cfg.input_size
     channels = requested[0] if requested else cfg.in_chans
     size = tuple(requested[1:]) if requested else (cfg.img_size, cfg.img_size) if cfg.img_size else None
+    val = None
     if name in ("fashion_mnist", "mnist"):
         train, test = _load_idx(name, cfg.data_dir)
+    elif name == "fashion_mnist_scenes":
+        train, val, test = _load_scenes(cfg)
     elif name in ("cifar10", "cifar100"):
         train, test = _load_cifar(name, cfg.data_dir)
     else:
         train, test = _load_timm(cfg, channels or 3, size)
     channels = channels or train.images.shape[1]
     size = size or tuple(train.images.shape[-2:])
-    for split in (train, test):
-        split.images = _resize(_match_channels(split.images, channels, cfg.dataset or "the dataset"), size)
+    for split in (train, val, test):
+        if split is not None:
+            split.images = _resize(
+                _match_channels(split.images, channels, cfg.dataset or "the dataset"), size
+            )
+            if split.masks is not None and tuple(split.masks.shape[-2:]) != size:
+                raise ValueError(
+                    f"input_size {list(size)} differs from the dataset's {list(split.masks.shape[-2:])}"
+                )
+    pool = train
     if cfg.train_subset is not None:
-        train = train.select(class_balanced_subset(train.labels, cfg.train_subset, SUBSET_SEED))
+        chosen = class_balanced_subset(train.labels, cfg.train_subset, SUBSET_SEED)
+        train = train.select(chosen)
+    else:
+        chosen = torch.arange(len(train))
+    if cfg.val_size is not None:
+        if val is None:
+            # Held out from the training pool: the images that are not in the training subset.
+            rest = torch.ones(len(pool), dtype=torch.bool)
+            rest[chosen] = False
+            remaining = torch.nonzero(rest).flatten()
+            if remaining.numel() == 0:
+                raise ValueError("val_size: every training image is in the training subset; set train_subset")
+            picked = class_balanced_subset(pool.labels[remaining], cfg.val_size, SUBSET_SEED + 1, "val_size")
+            val = pool.select(remaining[picked])
+        elif cfg.val_size < len(val):
+            val = val.select(class_balanced_subset(val.labels, cfg.val_size, SUBSET_SEED + 1, "val_size"))
+        elif cfg.val_size > len(val):
+            raise ValueError(f"val_size={cfg.val_size} exceeds the dataset's {len(val)} validation images")
+    else:
+        val = None
     mean, std = cfg.mean, cfg.std
     if mean is None or std is None:
         if name in DATASET_STATS and channels == len(DATASET_STATS[name][0]):
@@ -211,7 +279,7 @@ def load_datasets(cfg) -> tuple[ImageTensors, ImageTensors, dict]:
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {std}")
     info = {"name": name or "folder", "mean": mean, "std": std, "input_size": [channels, *size]}
-    return train, test, info
+    return DataSplits(train, val, test, info)
 
 
 def _per_channel(key: str, values: list[float], channels: int) -> list[float]:
@@ -223,14 +291,16 @@ def _per_channel(key: str, values: list[float], channels: int) -> list[float]:
     return values
 
 
-def class_balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+def class_balanced_subset(
+    labels: torch.Tensor, size: int, seed: int, key: str = "train_subset"
+) -> torch.Tensor:
     """Indices (size,) int64, sorted: ``size // C`` per class (the remainder to the first classes).
 
     The choice within each class is a seeded random draw; ValueError if a class has too few images.
     """
     classes = torch.unique(labels)
     if size > labels.numel():
-        raise ValueError(f"train_subset={size} exceeds the {labels.numel()} training images")
+        raise ValueError(f"{key}={size} exceeds the {labels.numel()} images it is drawn from")
     generator = torch.Generator().manual_seed(seed)
     base, extra = divmod(size, len(classes))
     chosen = []
@@ -238,7 +308,7 @@ def class_balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.T
         members = torch.nonzero(labels == cls).flatten()
         take = base + (1 if index < extra else 0)
         if take > members.numel():
-            raise ValueError(f"train_subset={size}: class {cls} has only {members.numel()} images")
+            raise ValueError(f"{key}={size}: class {cls} has only {members.numel()} images")
         chosen.append(members[torch.randperm(members.numel(), generator=generator)[:take]])
     return torch.cat(chosen).sort().values
 

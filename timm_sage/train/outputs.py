@@ -35,7 +35,8 @@ __all__ = [
 ]
 
 METRIC_FIELDS = (
-    "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5", "ema_test_top1", "lr",
+    "epoch", "train_loss", "train_top1", "val_top1", "test_loss", "test_top1", "test_top5", "ema_test_top1",
+    "lr",
     "epoch_time", "img_per_s", "skipped_sage_batches",
 )  # fmt: skip
 
@@ -165,6 +166,12 @@ def write_curves(path: Path, rows: Sequence[Mapping[str, Any]], title: str) -> P
     loss_axis.set_ylabel("loss")
     loss_axis.legend()
     acc_axis.plot(tested_epochs, [row["test_top1"] for row in tested], marker="o", label="test top-1")
+    validated = [row for row in rows if row.get("val_top1") is not None]
+    if validated:
+        acc_axis.plot(
+            [row["epoch"] for row in validated], [row["val_top1"] for row in validated], marker=".",
+            label="validation top-1",
+        )  # fmt: skip
     if any(row.get("ema_test_top1") is not None for row in tested):
         acc_axis.plot(
             tested_epochs, [row.get("ema_test_top1") for row in tested], marker=".", label="EMA test top-1"

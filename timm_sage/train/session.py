@@ -130,7 +130,7 @@ class Trainer:
         self.progress = progress
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         seed_everything(cfg.seed)
-        self.train_data, self.test_data, info = load_datasets(cfg)
+        self.train_data, self.val_data, self.test_data, info = load_datasets(cfg)
         cfg.input_size, cfg.mean, cfg.std = info["input_size"], info["mean"], info["std"]
         if cfg.data_dir is None and info["name"] == "fashion_mnist":
             from timm_sage.train.data import FASHION_MNIST_DIR
@@ -183,6 +183,13 @@ class Trainer:
             self.test_data, cfg.validation_batch_size or max(cfg.batch_size, 256), cfg.mean, cfg.std,
             train=False, device=self.device,
         )  # fmt: skip
+        self.val_loader = (
+            BatchLoader(
+                self.val_data, self.test_loader.batch_size, cfg.mean, cfg.std, train=False, device=self.device
+            )
+            if self.val_data is not None
+            else None
+        )
         self.scheduler, self.num_epochs = create_scheduler_v2(
             self.optimizer, **scheduler_kwargs(cfg), updates_per_epoch=len(self.train_loader)
         )
@@ -307,9 +314,13 @@ class Trainer:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-            # eval_interval: test every N epochs and always after the last one (the test pass can cost
-            # more than a training epoch on a small subset).
-            tested = (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.num_epochs
+            # eval_interval: evaluate every N epochs and always after the last one (the pass can cost more
+            # than a training epoch on a small subset). With a validation split (val_size) the periodic
+            # evaluations read it and the test set is read once, after the last epoch.
+            last = epoch + 1 == self.num_epochs
+            evaluated = (epoch + 1) % self.cfg.eval_interval == 0 or last
+            val = self._evaluate(self.model, self.val_loader) if evaluated and self.val_loader else None
+            tested = last if self.val_loader is not None else evaluated
             test = self._evaluate(self.model, self.test_loader) if tested else None
             ema_test = (
                 self._evaluate(self.ema.module, self.test_loader) if tested and self.ema is not None else None
@@ -317,17 +328,21 @@ class Trainer:
             row = {
                 "epoch": epoch + 1,
                 **train_stats,
+                "val_top1": round(val["test_top1"], 4) if val else None,
                 "test_loss": round(test["test_loss"], 6) if test else None,
                 "test_top1": round(test["test_top1"], 4) if test else None,
                 "test_top5": round(test["test_top5"], 4) if test else None,
                 "ema_test_top1": round(ema_test["test_top1"], 4) if ema_test else None,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 "epoch_time": round(epoch_time, 3),
-                "eval_time": round(test["eval_time"], 3) if test else 0.0,
+                "eval_time": round(
+                    (test["eval_time"] if test else 0.0) + (val["eval_time"] if val else 0.0), 3
+                ),
                 "skipped_sage_batches": skipped,
             }
             if self.scheduler is not None:
-                self.scheduler.step(epoch + 1, row["test_top1"])  # None between evaluations
+                # plateau schedulers read the validation metric where there is one; None between evaluations
+                self.scheduler.step(epoch + 1, row["val_top1"] if self.val_loader else row["test_top1"])
             self.rows.append(row)
             self._after_epoch(epoch + 1)
         return self._finish()
@@ -421,6 +436,8 @@ class Trainer:
                 if row["test_top1"] is not None
                 else "(no test this epoch)"
             )
+            if row.get("val_top1") is not None:
+                test = f"val_top1 {row['val_top1']:.2f} {test}"
             tqdm.write(
                 f"epoch {row['epoch']}/{self.num_epochs}: train_loss {row['train_loss']:.4f} {test}{ema} "
                 f"lr {row['lr']:.4g} ({row['epoch_time']:.1f}s + eval {row['eval_time']:.1f}s, "
@@ -447,8 +464,13 @@ class Trainer:
                 device=self.device,
             )  # fmt: skip
             train_eval = self._evaluate(self.model, loader)
+        validated = [r for r in rows if r.get("val_top1") is not None]
+        best_val = max(validated, key=lambda r: r["val_top1"]) if validated else None
         summary = {
             "final_top1": rows[-1]["test_top1"] if rows else None,
+            "final_val_top1": rows[-1].get("val_top1") if rows else None,
+            "best_val_top1": best_val["val_top1"] if best_val else None,
+            "best_val_epoch": best_val["epoch"] if best_val else None,
             "final_top5": rows[-1]["test_top5"] if rows else None,
             "best_top1": best["test_top1"] if best else None,
             "best_epoch": best["epoch"] if best else None,
@@ -462,6 +484,7 @@ class Trainer:
             "dataset": self.cfg.dataset,
             "train_images": len(self.train_data),
             "test_images": len(self.test_data),
+            "val_images": len(self.val_data) if self.val_data is not None else 0,
             "mixup_mode": self.cfg.mixup_mode if self.mixer is not None else "off",
             "skipped_sage_batches": sum(r.get("skipped_sage_batches", 0) for r in rows),
             "output_dir": str(self.output_dir),
