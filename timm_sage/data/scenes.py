@@ -56,7 +56,7 @@ class SceneParams:
     (0: all 10,000). ``seed``: of every draw.
     """
 
-    canvas: int = 40
+    canvas: int = 32
     min_area: float = 0.10
     max_area: float = 0.40
     min_crop: float = 0.15
