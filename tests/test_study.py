@@ -145,3 +145,73 @@ def test_time_epochs_runs_each_config_briefly(tmp_path, monkeypatch):
     assert all("--epochs" in c and c[c.index("--epochs") + 1] == "3" for c in calls)
     with pytest.raises(ValueError, match="time-epochs"):
         study.time_epochs(configs, 1, tmp_path / "out", [])
+
+
+def _fake_val_run(root, stem, seed, val, test, epochs=4, epoch_time=1.0):
+    folder = root / f"{stem}-seed{seed}"
+    folder.mkdir(parents=True)
+    rows = [{"epoch": i + 1, "val_top1": val - epochs + i + 1, "test_top1": None, "epoch_time": epoch_time}
+            for i in range(epochs)]  # fmt: skip
+    rows[-1]["test_top1"] = test
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"final_top1": test, "best_top1": test, "final_val_top1": val, "final_train_top1": None}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_choice_among_sage_settings_is_made_on_validation_not_test(tmp_path):
+    folders = [
+        _fake_val_run(tmp_path, "s_cutmix", 0, val=70.0, test=71.0),
+        _fake_val_run(tmp_path, "s_sage", 0, val=72.0, test=60.0),  # best on val, poor on test
+        _fake_val_run(tmp_path, "s_sage_random", 0, val=69.0, test=80.0),  # best on test: not chosen
+    ]
+    results = study.collect(folders, metric="val")
+    assert [p[2] for p in results["sage"][0]["points"]] == [69.0, 70.0, 71.0, 72.0]  # the val curve
+    text = study.selection(results)
+    assert "**sage** (val 72.00)" in text and "test top-1 60.00" in text and "cutmix (val 70.00" in text
+    row = next(line for line in study.table(results).splitlines() if line.startswith("| sage_random "))
+    assert "| 69.00 |" in row and "| 80.00 |" in row  # val and test columns side by side
+    assert study.selection(study.collect([_fake_run(tmp_path, "t_sage", 0, [1.0, 2.0])])) == ""
+
+
+def test_budget_epochs_fit_each_schedule_into_the_reference_time():
+    seconds = {"vanilla": 2.0, "mixup": 2.05, "sage": 4.1, "cheap": 2.5}
+    # 40 epochs x 2 s = 80 s: sage floor(80 / 4.1) = 19, cheap 32; mixup within 5 % keeps its schedule
+    assert study.budget_epochs(seconds, "vanilla", 40) == {"sage": 19, "cheap": 32}
+    with pytest.raises(ValueError, match="budget reference"):
+        study.budget_epochs(seconds, "cutmix", 40)
+
+
+def test_equal_time_trains_shortened_schedules_once_and_reports_them(tmp_path, monkeypatch):
+    configs = []
+    for name, epochs in (("s_vanilla", 4), ("s_sage", 4)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"epochs: {epochs}\n")
+        configs.append(path)
+    out = tmp_path / "out"
+    _fake_val_run(out, "s_vanilla", 0, val=70.0, test=71.0, epoch_time=1.0)
+    _fake_val_run(out, "s_sage", 0, val=75.0, test=76.0, epoch_time=2.0)
+    calls = []
+
+    def fake_run(command, check):
+        calls.append(command)
+        epochs = int(command[command.index("--epochs") + 1])
+        folder = Path(command[command.index("--output") + 1])
+        _fake_val_run(folder, command[command.index("--experiment") + 1].rsplit("-seed", 1)[0], 0,
+                      val=73.0, test=72.5, epochs=epochs, epoch_time=2.0)  # fmt: skip
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    args = parser.parse_args([*map(str, configs), "--seeds", "0", "--output", str(out), "--select-on", "val",
+                              "--equal-time", "--report", str(tmp_path / "r.md")])  # fmt: skip
+    (tmp_path / "r.md").write_text("<!-- study:begin -->\n<!-- study:end -->\n")
+    assert study.run(args) == 0
+    # only sage is shortened: 4 epochs x 1 s of vanilla / 2 s per sage epoch = 2 epochs
+    assert len(calls) == 1 and calls[0][calls[0].index("--epochs") + 1] == "2"
+    plan = json.loads((out / "budget" / "plan.json").read_text())
+    assert plan["epochs"] == {"s_sage": 2} and plan["seconds"] == {"s_vanilla": 1.0, "s_sage": 2.0}
+    report = (tmp_path / "r.md").read_text()
+    sage_row = next(line for line in report.splitlines() if line.startswith("| sage | 2.00x | 2 |"))
+    assert "| 73.00 | 72.50 |" in sage_row
+    assert study.run(args) == 0 and len(calls) == 1  # finished runs are not trained again
