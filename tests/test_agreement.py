@@ -75,3 +75,60 @@ def test_background_share_counts_saliency_mass_on_dark_pixels():
     )
     assert result["area"] == pytest.approx(0.5)
     assert result["saliency"] == pytest.approx(1.0)  # every bit of saliency sits on the dark half
+
+
+class _Left(nn.Module):
+    """Logits from the two leftmost columns only: the input gradient lives there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(x[:, 0, :, :2].flatten(1))
+
+
+def test_object_share_counts_saliency_mass_on_the_mask():
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    config = agreement.SageConfig(blur_kernel=1)
+    left = torch.zeros(3, 8, 8)
+    left[:, :, :4] = 1.0  # the object covers the left half, where all the gradient is
+    right = 1.0 - left
+    assert agreement.object_share(_Left(), [(x, y)], [left], config=config) == pytest.approx(
+        {"area": 0.5, "saliency": 1.0}
+    )
+    assert agreement.object_share(_Left(), [(x, y)], [right], config=config)["saliency"] == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("method", ["cutmix", "sage"])
+def test_object_survival_of_objects_that_fill_the_frame(method):
+    """An object everywhere: the anchor keeps exactly its label share lam (the mean of its weight)."""
+    batches = [(torch.randn(6, 1, 8, 8), torch.arange(6) % 4) for _ in range(3)]
+    full = [torch.ones(6, 8, 8) for _ in range(3)]
+    result = agreement.object_survival(batches, full, method, saliency_model=_Left(), seed=1)
+    assert result["images"] == 18
+    if method == "cutmix":
+        # partner visible = 1 - lam too (no translation); anchor + partner = 1 for every image
+        assert result["mean_anchor_visible"] + result["mean_partner_visible"] == pytest.approx(1.0)
+    else:
+        # the translated partner may leave the frame: what remains visible is at most its label share
+        assert result["mean_anchor_visible"] + result["mean_partner_visible"] <= 1.0 + 1e-6
+    # a fully visible share never counts as lost while its label is at least 25 %: lost needs < 25 % visible
+    # and here visible == label share for the anchor, so an anchor is never lost
+    assert result["anchor_lost"] == 0.0
+
+
+def test_object_survival_counts_an_object_cut_out_while_its_label_stays():
+    """Objects in a 2 x 2 corner: a CutMix box over it removes the anchor's object, not its label."""
+    torch.manual_seed(0)
+    batches = [(torch.randn(4, 1, 8, 8), torch.arange(4)) for _ in range(40)]
+    corner = torch.zeros(4, 8, 8)
+    corner[:, :2, :2] = 1.0
+    result = agreement.object_survival(batches, [corner] * 40, "cutmix", seed=0)
+    # over 40 boxes some cover the corner (anchor lost) with lam >= 0.25; none is lost without a box on it
+    assert 0.0 < result["anchor_lost"] < 1.0
+    # the partner's corner object shows only where the box is: most boxes miss the corner, so it is lost
+    # far more often than the anchor's
+    assert result["partner_lost"] > 2 * result["anchor_lost"]
+    with pytest.raises(ValueError, match="saliency_model"):
+        agreement.object_survival(batches, [corner] * 40, "sage")
