@@ -103,3 +103,18 @@ def test_validation_is_held_out_from_the_training_pool():
     assert not any(bytes(image.numpy()) in train_rows for image in val.images)
     with pytest.raises(ValueError, match="val_size"):
         load_datasets(load_config(None, {"dataset": "fashion_mnist", "train_subset": 500, "val_size": 60000}))
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="no Fashion-MNIST")
+def test_scenes_command_prints_statistics_and_draws_the_grid(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from timm_sage.tools.cli import main
+
+    monkeypatch.setenv("TIMM_SAGE_CACHE", str(tmp_path))
+    sizes = ["--set", "train_size=20", "--set", "val_size=10", "--set", "test_size=10", "--set", "canvas=24"]
+    assert main(["scenes", *sizes, "--figure", str(tmp_path / "grid.png"), "--count", "4"]) == 0
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "train: (20, 3, 24, 24) images" in out and "test: (10, 3, 24, 24)" in out
+    assert main(["scenes", "--set", "colour=3"]) == 2  # an unknown parameter is a named error
+    assert "--set expects NAME=VALUE" in capsys.readouterr().err

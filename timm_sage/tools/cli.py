@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "saliency": ("timm_sage.data.cache", "compute a saliency cache for a dataset with a trained model"),
     "show": ("timm_sage.tools.show", "write PNG figures of SAGE mixes (needs the [viz] extra)"),
     "bench": ("timm_sage.tools.bench", "benchmark suites: mix, step, scale, memory"),
+    "scenes": ("timm_sage.tools.scenes", "build the fashion_mnist_scenes set and draw samples with masks"),
     "study": ("timm_sage.tools.study", "train configs over several seeds and report mean and spread"),
     "agreement": (
         "timm_sage.tools.agreement",

@@ -1,0 +1,73 @@
+"""``timm-sage scenes``: build (or load from the cache) the ``fashion_mnist_scenes`` set, print its
+statistics, and draw a grid of samples with their object masks, one band per split."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from timm_sage.data import scenes
+from timm_sage.data.idx import FASHION_MNIST_CLASSES
+
+
+def _params(assignments: list[str]) -> scenes.SceneParams:
+    fields = {f.name: f for f in dataclasses.fields(scenes.SceneParams)}
+    values = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip().removeprefix("scenes_")
+        if not sep or key not in fields:
+            raise ValueError(f"--set expects NAME=VALUE with NAME one of {', '.join(fields)}, got {item!r}")
+        values[key] = type(fields[key].default)(value)
+    return scenes.SceneParams(**values)
+
+
+def plot_samples(splits: dict[str, scenes.SceneSplit], path: Path, count: int = 8) -> Path:
+    """PNG: for each split, a row of ``count`` images and beneath it their masks, titled by class."""
+    from timm_sage.tools.plots import _pyplot, save_figure_atomic
+
+    plt = _pyplot()
+    figure, axes = plt.subplots(2 * len(splits), count, figsize=(1.3 * count, 2.7 * len(splits)))
+    for row, (name, split) in enumerate(splits.items()):
+        for column in range(count):
+            image_axis, mask_axis = axes[2 * row, column], axes[2 * row + 1, column]
+            image_axis.imshow(split.images[column].permute(1, 2, 0).numpy())
+            mask_axis.imshow(split.masks[column].numpy(), cmap="gray", vmin=0, vmax=255)
+            image_axis.set_title(FASHION_MNIST_CLASSES[int(split.labels[column])], fontsize=7)
+            for axis in (image_axis, mask_axis):
+                axis.set_xticks([])
+                axis.set_yticks([])
+        axes[2 * row, 0].set_ylabel(name, fontsize=9)
+        axes[2 * row + 1, 0].set_ylabel("mask", fontsize=9)
+    figure.suptitle("fashion_mnist_scenes: train, validation and test (disjoint photographs)", fontsize=10)
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+    return path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a generator parameter (canvas, min_area, max_area, min_crop, max_crop, fragments, "
+        "fragment_area, train_size, val_size, test_size, seed); repeatable",
+    )  # fmt: skip
+    parser.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (default: Debian's)")
+    parser.add_argument("--figure", type=Path, default=None, help="PNG of samples and masks per split")
+    parser.add_argument("--count", type=int, default=8, help="samples per split in the figure (default 8)")
+
+
+def run(args: argparse.Namespace) -> int:
+    params = _params(args.set)
+    splits = scenes.load_scenes(params, args.data_dir)
+    print(f"fashion_mnist_scenes {params.key()} ({scenes.cache_dir()}): {dataclasses.asdict(params)}")
+    for name, split in splits.items():
+        share = float((split.masks.float() / 255).mean())
+        print(
+            f"  {name}: {tuple(split.images.shape)} images, object alpha covers {100 * share:.1f} % of pixels"
+        )
+    if args.figure is not None:
+        if args.count < 1 or args.count > min(len(s.labels) for s in splits.values()):
+            raise ValueError(f"--count must lie in [1, the smallest split's size], got {args.count}")
+        print(f"wrote {plot_samples(splits, args.figure, args.count)}")
+    return 0
