@@ -35,7 +35,7 @@ def _batch(seed: int = 0):
 def _params() -> dict:
     perm, prior, translations = SageMixup(
         mode="sage", num_classes=CLASSES, rand_pos=0.2, seed=4
-    ).draw_sage_params(B, H, W)
+    ).draw_sage_params(B, H, W)[:3]
     return {"perm": perm, "prior": prior, "translations": translations}
 
 

@@ -33,7 +33,7 @@ def _fixed(transform: SAGE, params: dict) -> SAGE:
 
 def _params(seed: int = 1, rand_pos: float = 0.1) -> dict:
     mixer = SageMixup(mode="sage", num_classes=CLASSES, rand_pos=rand_pos, seed=seed)
-    perm, prior, translations = mixer.draw_sage_params(B, H, W)
+    perm, prior, translations = mixer.draw_sage_params(B, H, W)[:3]  # (clean is None: r = 1)
     return {"perm": perm, "prior": prior, "translations": translations}
 
 

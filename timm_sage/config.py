@@ -31,6 +31,7 @@ SALIENCY_LOSSES = ("bce_softmax", "cross_entropy")
 SALIENCY_REDUCTIONS = ("mean_abs", "l2")
 REARRANGEMENTS = ("search", "none", "random")
 SALIENCY_MODES = ("train", "eval")
+CLEAN_TERMS = ("separate_pass", "in_batch")
 
 
 def _option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, kind: type = float) -> Any:
@@ -44,7 +45,7 @@ class SageConfig:
     Raises:
         TypeError: a value of the wrong type (named).
         ValueError: a value out of range or not among the choices, or a broken cross-field rule
-            (``blur_kernel`` even), naming the option.
+            (``blur_kernel`` even; ``saliency_size`` with ``saliency_scale < 1``), naming the options.
     """
 
     upper_lambda: float = _option(0.6, "cap of the anchor's prior share: prior = Beta(a, a) * upper_lambda")
@@ -81,6 +82,17 @@ class SageConfig:
         "statistics) or eval (the reference's --eval_mode: running statistics)", choices=SALIENCY_MODES,
         kind=str,
     )  # fmt: skip
+    saliency_size: int | None = _option(
+        None, "cheap saliency at a fixed size: the saliency pass runs on the batch resized so that its "
+        "shorter side is this many pixels (aspect kept); images at most this size run at full resolution. "
+        "Not with saliency_scale < 1 (None: no fixed size)", kind=int,
+    )  # fmt: skip
+    clean_term: str = _option(
+        "separate_pass", "how the (1 - r) clean loss term is trained: separate_pass (reference: the "
+        "saliency pass's backward adds (1 - r) d l_clean / d params) or in_batch (a share 1 - r of the "
+        "batch stays unmixed, the saliency pass computes input gradients only, loss weight 1)",
+        choices=CLEAN_TERMS, kind=str,
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise int -> float once, here
@@ -106,6 +118,14 @@ class SageConfig:
         )
         checks.check_choice("rearrangement", self.rearrangement, REARRANGEMENTS)
         checks.check_choice("saliency_mode", self.saliency_mode, SALIENCY_MODES)
+        if self.saliency_size is not None:
+            checks.check_positive_int("saliency_size", self.saliency_size)
+            if self.saliency_scale < 1:
+                raise ValueError(
+                    f"saliency_size={self.saliency_size} and saliency_scale={self.saliency_scale} both "
+                    "resize the saliency pass; set one of them (saliency_scale 1 with saliency_size)"
+                )
+        checks.check_choice("clean_term", self.clean_term, CLEAN_TERMS)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_image_size(self, height: int, width: int) -> None:

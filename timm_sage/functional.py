@@ -99,7 +99,7 @@ def sample_translations(
     return shifts.to(device) if device is not None else shifts
 
 
-# The random draws of one SAGE batch (perm, prior, translations): the step's SageDraws.
+# The random draws of one SAGE batch (perm, prior, translations, clean): the step's SageDraws.
 SageParams = SageDraws
 
 
@@ -115,6 +115,7 @@ def sample_sage_params(
     search_size: int | None = None,
     rng: np.random.Generator | None = None,
     rearrangement: str = "search",
+    clean_share: float = 0.0,
 ) -> SageParams:
     """Draw one batch's partner permutation, prior ``Beta(alpha, alpha) * upper_lambda`` and candidates.
 
@@ -126,8 +127,14 @@ def sample_sage_params(
     ``"random"`` gives one shift drawn uniformly from all ``(2H-1)(2W-1)``, shared by the batch. With a
     single candidate :func:`sage_mix` has nothing to choose, so the last two are the ablations "no
     rearrangement" and "random rearrangement" with everything else unchanged.
+
+    ``clean_share`` in [0, 1] (``1 - update_ratio`` with ``clean_term="in_batch"``): ``clean`` marks
+    exactly ``round(clean_share * batch)`` images (Python's ``round``; possibly none), chosen by a
+    ``randperm`` of ``generator`` drawn after the others, so the other draws do not change; None when
+    ``clean_share`` is 0 (nothing is drawn).
     """
     _checks.check_choice("rearrangement", rearrangement, REARRANGEMENTS)
+    _checks.check_fraction("clean_share", clean_share)
     if rng is None:
         rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
     prior = float(rng.beta(alpha, alpha)) * upper_lambda
@@ -141,7 +148,11 @@ def sample_sage_params(
     else:
         # rand_pos = 0 would still give K = 1; a tiny positive fraction does the same through one path.
         translations = sample_translations(height, width, 1e-12, generator=generator)
-    return SageParams(perm, prior, translations)
+    clean = None
+    if clean_share > 0:
+        clean = torch.zeros(batch, dtype=torch.bool)
+        clean[torch.randperm(batch, generator=generator)[: round(clean_share * batch)]] = True
+    return SageParams(perm, prior, translations, clean)
 
 
 def check_saliency(saliency: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:

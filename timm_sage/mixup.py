@@ -105,7 +105,8 @@ class SageMixup(Mixup):
 
     The SAGE options are those of :class:`timm_sage.SageConfig` (``upper_lambda``, ``rand_pos``,
     ``update_ratio``, ``search_size``, ``saliency_loss``, ``saliency_reduce``, ``blur_kernel``,
-    ``blur_sigma``, ``saliency_scale``, ``rearrangement``, ``saliency_mode``), as keywords or as
+    ``blur_sigma``, ``saliency_scale``, ``rearrangement``, ``saliency_mode``, ``saliency_size``,
+    ``clean_term``), as keywords or as
     ``config=SageConfig(...)``;
     they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
 
@@ -157,6 +158,8 @@ class SageMixup(Mixup):
         saliency_scale: float = _D.saliency_scale,
         rearrangement: str = _D.rearrangement,
         saliency_mode: str = _D.saliency_mode,
+        saliency_size: int | None = _D.saliency_size,
+        clean_term: str = _D.clean_term,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         amp_dtype: torch.dtype | None = None,
@@ -194,7 +197,7 @@ class SageMixup(Mixup):
             upper_lambda=upper_lambda, rand_pos=rand_pos, update_ratio=update_ratio, search_size=search_size,
             saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
             blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
-            saliency_mode=saliency_mode,
+            saliency_mode=saliency_mode, saliency_size=saliency_size, clean_term=clean_term,
         )  # fmt: skip
         if config is None:
             config = SageConfig(**keywords)
@@ -248,7 +251,10 @@ class SageMixup(Mixup):
 
     @property
     def clean_grad_weight(self) -> float:
-        """Weight ``1 - r`` of the clean loss's parameter gradient (0 with ``r == 1``)."""
+        """Weight ``1 - r`` of the clean loss's parameter gradient that the call writes (0 with ``r == 1``,
+        and with ``clean_term="in_batch"``, whose clean term is in the returned batch)."""
+        if self.config.clean_term == "in_batch":
+            return 0.0
         return 1.0 - self.config.update_ratio
 
     # -- random draws and their state ------------------------------------------------------------
@@ -263,7 +269,9 @@ class SageMixup(Mixup):
     def draw_sage_params(
         self, batch: int, height: int, width: int, rng: np.random.Generator | None = None
     ) -> SageParams:
-        """Draw ``perm``, ``prior`` and candidate ``translations`` for one batch (CPU tensors)."""
+        """Draw ``perm``, ``prior``, candidate ``translations`` and, with ``clean_term="in_batch"`` and
+        ``update_ratio < 1``, the ``clean`` images for one batch (CPU tensors)."""
+        in_batch = self.config.clean_term == "in_batch"
         return functional.sample_sage_params(
             batch,
             height,
@@ -275,6 +283,7 @@ class SageMixup(Mixup):
             search_size=self.config.search_size,
             rng=rng if rng is not None else self.host_rng,
             rearrangement=self.config.rearrangement,
+            clean_share=1.0 - self.config.update_ratio if in_batch else 0.0,
         )
 
     # -- the call ------------------------------------------------------------------------------

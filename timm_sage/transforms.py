@@ -101,7 +101,7 @@ class SAGE(Transform):
         config / **sage_options: the SAGE options, a :class:`timm_sage.SageConfig` or its fields as
             keywords (``upper_lambda``, ``rand_pos``, ``search_size``, ``saliency_loss``,
             ``saliency_reduce``, ``blur_kernel``, ``blur_sigma``, ``saliency_scale``,
-            ``rearrangement``). ``update_ratio`` belongs to training and must stay 1 here.
+            ``saliency_size``, ``rearrangement``). ``update_ratio`` belongs to training and must stay 1 here.
 
     A non-finite saliency pass of the bound model leaves the batch unmixed (mask 1, lam 1), decided on
     the device; :attr:`skipped_batches` counts such batches.
@@ -313,7 +313,7 @@ class SAGE(Transform):
                 self._model, floating, labels.to(images.device),
                 loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
                 blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
-                backward_scale=None, scale=self.config.saliency_scale,
+                backward_scale=None, scale=self.config.saliency_scale, size=self.config.saliency_size,
             )  # fmt: skip
         return result.saliency, result.finite
 

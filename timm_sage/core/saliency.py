@@ -151,6 +151,29 @@ def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.
     return torch.where(broken, math.nan, value)
 
 
+def pass_size(height: int, width: int, *, scale: float = 1.0, size: int | None = None) -> tuple[int, int]:
+    """The (height, width) the saliency pass runs at, for cheap saliency (metadata only).
+
+    ``scale`` (``saliency_scale``) in (0, 1]: ``(round(H * scale), round(W * scale))``, at least 1.
+    ``size`` (``saliency_size``) an int >= 1: the shorter side becomes ``size`` and the longer one keeps
+    the aspect ratio (``round(long * size / short)``), as ``torchvision``'s ``Resize(size)``; images whose
+    shorter side is at most ``size`` keep their size (``size`` is a cap, as ``search_size`` is). The
+    result equal to ``(H, W)`` means no resize. ValueError naming ``saliency_size`` / ``saliency_scale``
+    when both resize.
+    """
+    if size is None:
+        return (max(1, round(height * scale)), max(1, round(width * scale)))
+    _checks.check_positive_int("saliency_size", size)
+    if scale < 1:
+        raise ValueError(
+            f"saliency_size={size} and saliency_scale={scale} both resize the saliency pass; set one of them"
+        )
+    short = min(height, width)
+    if short <= size:
+        return (height, width)
+    return (max(1, round(height * size / short)), max(1, round(width * size / short)))
+
+
 def saliency_pass(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -163,6 +186,7 @@ def saliency_pass(
     param_grad_weight: float = 0.0,
     backward_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
     scale: float = _D.saliency_scale,
+    size: int | None = _D.saliency_size,
 ) -> SaliencyPass:
     """One forward and backward of ``model`` on the clean batch; smoothed input-gradient saliency.
 
@@ -189,6 +213,9 @@ def saliency_pass(
             mean and variance) as they were (:func:`kept_running_statistics`); at ``scale == 1`` they
             update as in the reference. Needs a model that accepts the smaller input (CNNs with global
             pooling do).
+        size: cheap saliency at a fixed size (``saliency_size``), None or an int >= 1: the pass runs on
+            the batch resized to :func:`pass_size` (shorter side ``size``, aspect kept), with everything
+            else as for ``scale < 1``. Not together with ``scale < 1``.
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
@@ -211,11 +238,13 @@ def saliency_pass(
     _checks.check_choice("reduce", reduce, SALIENCY_REDUCTIONS)
     _checks.check_fraction("param_grad_weight", param_grad_weight, high=math.inf)
     _checks.check_fraction("scale", scale, open_low=True)
+    pass_size(x.shape[-2], x.shape[-1], scale=scale, size=size)  # the size rules, named
     check_blur(blur_kernel, blur_sigma, x.shape[-2:])
     _check_target(target, x.shape[0], loss)
     return compute_saliency(
         model, x, target, loss=loss, reduce=reduce, blur_kernel=blur_kernel, blur_sigma=blur_sigma,
-        param_grad_weight=param_grad_weight, backward_scale=backward_scale, scale=scale, check_labels=True,
+        param_grad_weight=param_grad_weight, backward_scale=backward_scale, scale=scale, size=size,
+        check_labels=True,
     )  # fmt: skip
 
 
@@ -231,6 +260,7 @@ def compute_saliency(
     param_grad_weight: float,
     backward_scale: Callable[[torch.Tensor], torch.Tensor] | None,
     scale: float,
+    size: int | None = None,
     check_labels: bool = False,
 ) -> SaliencyPass:
     """:func:`saliency_pass` on trusted arguments, with no host read of a device value.
@@ -239,7 +269,7 @@ def compute_saliency(
     parameter gradient enters ``.grad`` only where it is (``torch.where``), so a bad batch adds zero.
     """
     height, width = x.shape[-2:]
-    small = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = pass_size(height, width, scale=scale, size=size)
     resized = small != (height, width)
     if resized:
         with torch.no_grad():
@@ -304,6 +334,7 @@ def saliency_map(
     blur_kernel: int = _D.blur_kernel,
     blur_sigma: float = _D.blur_sigma,
     scale: float = _D.saliency_scale,
+    size: int | None = _D.saliency_size,
 ) -> torch.Tensor:
     """Smoothed saliency (B, H, W) float32 of the live ``model`` on the clean batch ``x``.
 
@@ -318,4 +349,5 @@ def saliency_map(
         blur_kernel=blur_kernel,
         blur_sigma=blur_sigma,
         scale=scale,
+        size=size,
     ).saliency

@@ -4,8 +4,12 @@ Every entry point that mixes with a live model (``SageMixup`` in a user's loop, 
 plugin, ``timm-sage train``) runs this function, so an option means the same thing everywhere.
 
 The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (SAGE.md section 5, ``r`` =
-``update_ratio``). The step adds ``(1 - r) * d l_clean / d params`` to ``.grad`` in the saliency pass's own
-backward, and returns ``loss_weight = r``: the caller multiplies its mixed-batch loss by it.
+``update_ratio``). With ``clean_term="separate_pass"`` (the reference's) the step adds
+``(1 - r) * d l_clean / d params`` to ``.grad`` in the saliency pass's own backward, and returns
+``loss_weight = r``: the caller multiplies its mixed-batch loss by it. With ``clean_term="in_batch"`` the
+saliency pass takes input gradients only, the images marked by ``draws.clean`` (``round((1 - r) * B)``
+of them) go back unmixed with ``lam`` 1 and their own targets, and ``loss_weight`` is 1: the caller's one
+loss holds both terms, in expectation over the batch (docs/algorithm.md).
 
 Non-finite saliency, one rule: when the clean loss or any gradient of the saliency pass is NaN or Inf,
 the batch is not mixed (images and targets are the clean batch), no clean gradient is added and
@@ -29,11 +33,13 @@ from timm_sage.core.saliency import compute_saliency
 
 class SageDraws(NamedTuple):
     """The random draws of one SAGE batch: ``perm`` (B,) long, ``prior`` float, ``translations``
-    (K, 2) long (CPU tensors; moved to the batch's device by the step)."""
+    (K, 2) long, and ``clean`` (B,) bool, the images left unmixed by ``clean_term="in_batch"`` (None
+    when no image stays clean) (CPU tensors; moved to the batch's device by the step)."""
 
     perm: torch.Tensor
     prior: float
     translations: torch.Tensor
+    clean: torch.Tensor | None = None
 
 
 class SageStepResult(NamedTuple):
@@ -102,7 +108,14 @@ def sage_step(
         backward_scale: scales the clean loss before its backward (``GradScaler.scale``) when r < 1.
     """
     device = x.device
-    clean_weight = 1.0 - config.update_ratio
+    in_batch = config.clean_term == "in_batch" and config.update_ratio < 1
+    if in_batch and (draws.clean is None or draws.clean.shape != (x.shape[0],)):
+        raise ValueError(
+            f"clean_term='in_batch' with update_ratio={config.update_ratio} needs draws.clean, a "
+            f"({x.shape[0]},) bool mask of the images left unmixed (sample_sage_params(clean_share=1 - r))"
+        )
+    # in_batch: the clean term comes from the unmixed images of the batch, not from this pass's backward.
+    clean_weight = 0.0 if in_batch else 1.0 - config.update_ratio
     inputs = x
     if isinstance(model, nn.Module) and uses_channels_last(model):
         inputs = x.contiguous(memory_format=torch.channels_last)
@@ -116,6 +129,7 @@ def sage_step(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
             backward_scale=backward_scale if clean_weight > 0 else None, scale=config.saliency_scale,
+            size=config.saliency_size,
         )  # fmt: skip
     perm = draws.perm.to(device, non_blocking=True)
     translations = draws.translations.to(device, non_blocking=True)
@@ -125,10 +139,16 @@ def sage_step(
         saliency = torch.where(clean.finite, clean.saliency, 1.0)
         plan = mixing.plan(saliency, perm, prior, translations, search_size=config.search_size)
         mixed_images = mixing.apply(x.detach(), perm, plan)
-        images = torch.where(clean.finite, mixed_images, x.detach())
-        lam = torch.where(clean.finite, plan.lam, 1.0)
+        # (B,) bool: the images that go back mixed (all of them, or none on a non-finite pass; in_batch
+        # leaves draws.clean unmixed besides).
+        use_mixed = clean.finite.expand(x.shape[0])
+        if in_batch:
+            use_mixed = use_mixed & ~draws.clean.to(device, non_blocking=True)
+        images = torch.where(use_mixed.view(-1, 1, 1, 1), mixed_images, x.detach())
+        lam = torch.where(use_mixed, plan.lam, 1.0)
         soft = mixing.mix_targets(target, perm, lam, num_classes, label_smoothing)
-    loss_weight = torch.where(clean.finite, config.update_ratio, 1.0).float()
+    mixed_weight = 1.0 if in_batch else config.update_ratio
+    loss_weight = torch.where(clean.finite, mixed_weight, 1.0).float()
     return SageStepResult(
         images, soft, lam, perm, plan.translation, clean.saliency, clean.loss, clean.finite, loss_weight
     )
