@@ -8,7 +8,8 @@ the mixer's ``torch.Generator`` and the saliency comes from the bound model at e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from timm_sage import functional
 from timm_sage.config import SAGE_DEFAULTS, SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
+from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
 from timm_sage.core.step import SageDraws, sage_step
 from timm_sage.functional import SageParams
 
@@ -82,18 +84,30 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def _scale_function(grad_scaler: Any) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``GradScaler.scale`` of a torch GradScaler or of timm's NativeScaler (which wraps one)."""
+def _check_grad_scaler(grad_scaler: Any) -> None:
+    """The deprecated ``grad_scaler`` argument: still type-checked (a torch GradScaler or timm's
+    NativeScaler, which wraps one), then a DeprecationWarning: the clean gradient now travels through the
+    caller's own (scaled) backward, so the mixer needs no scaler."""
     if grad_scaler is None:
-        return None
-    if hasattr(grad_scaler, "scale") and callable(grad_scaler.scale):
-        return grad_scaler.scale
-    inner = getattr(grad_scaler, "_scaler", None)
-    if inner is not None and callable(getattr(inner, "scale", None)):
-        return inner.scale
-    raise TypeError(
-        f"grad_scaler must be a torch.amp.GradScaler or timm's NativeScaler, got {type(grad_scaler).__name__}"
+        return
+    inner = getattr(grad_scaler, "_scaler", None)  # timm's NativeScaler wraps a GradScaler
+    scale = getattr(grad_scaler, "scale", None) or getattr(inner, "scale", None)
+    if not callable(scale):
+        raise TypeError(
+            "grad_scaler must be a torch.amp.GradScaler or timm's NativeScaler, got "
+            f"{type(grad_scaler).__name__}"
+        )
+    warnings.warn(
+        "SageMixup's grad_scaler is deprecated and ignored: the clean gradient (update_ratio < 1) enters "
+        "through your own backward of loss * mixup_fn.loss_weight, scaled by the GradScaler like the rest; "
+        "drop the argument",
+        DeprecationWarning,
+        stacklevel=3,
     )
+
+
+# Clean terms a mixer keeps watching (their weight or product still alive) before it lets go silently.
+_WATCHED_TERMS = 4
 
 
 class SageMixup(Mixup):
@@ -110,12 +124,17 @@ class SageMixup(Mixup):
     ``config=SageConfig(...)``;
     they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
 
-    ``update_ratio`` r trains on the paper's loss ``(1 - r) * l_clean + r * l_mixed`` with no lr change:
-    the saliency pass adds ``(1 - r) * d l_clean / d params`` to ``.grad``, and the caller's mixed loss
-    takes the weight :attr:`loss_weight`::
+    ``update_ratio`` r trains on the paper's loss ``(1 - r) * l_clean + r * l_mixed`` with no lr change.
+    The contract: multiply the loss of the returned batch by :attr:`loss_weight`, then backward as usual::
 
         x, soft_target = mixup_fn(x, y)
         loss = criterion(model(x), soft_target) * mixup_fn.loss_weight
+
+    The call writes no ``.grad``: the saliency pass's backward computes ``(1 - r) * d l_clean / d params``
+    and :attr:`loss_weight` (value r) carries it into the backward of that product, scaled like the loss
+    (GradScaler, accumulation divisor) and all-reduced with it under DDP, so ``zero_grad()`` may sit
+    anywhere in the loop. A call that finds the previous call's clean gradient never reached a backward
+    (the loss was not multiplied) warns once (:class:`~timm_sage.core.clean.CleanGradientLostWarning`).
 
     Other options:
         model: the live model (or bind later with :meth:`bind`); saliency is recomputed from it at
@@ -123,11 +142,12 @@ class SageMixup(Mixup):
         seed / generator: source of every SAGE-mode random draw (a torch generator for the
             permutation and candidates, a numpy generator seeded from it for the Beta and coin draws).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
-        grad_scaler: a ``GradScaler`` or timm ``NativeScaler``: scales the clean gradient when ``r < 1``.
+        grad_scaler: deprecated and ignored (a DeprecationWarning): the clean gradient is scaled by the
+            caller's own scaled backward.
 
     A sage-mode call with a bound model reads no device value back to the host after its first call
     (which checks the labels once): the non-finite saliency fallback is decided on the device. On it,
-    the batch goes through unmixed (``last.mixed`` is False, ``lam`` 1), no clean gradient is added,
+    the batch goes through unmixed (``last.mixed`` is False, ``lam`` 1), the clean gradient carried is zero,
     :attr:`loss_weight` is 1 and :attr:`skipped_batches` (a device tensor) counts it. Without a bound
     model (``saliency=`` given) every value is checked at every call.
     """
@@ -224,14 +244,18 @@ class SageMixup(Mixup):
         # Host-side draws (coin flips, Beta, CutMix boxes) from numpy, seeded once from the generator's
         # seed: drawing them never reads a tensor back.
         self.host_rng = np.random.default_rng([generator.initial_seed(), 0x5A6E])
-        self._scale = _scale_function(grad_scaler)
+        _check_grad_scaler(grad_scaler)
         self.model: nn.Module | None = None
         if model is not None:
-            self.bind(model, grad_scaler=grad_scaler)
+            self.bind(model)
         self.last: SageMixRecord | None = None
         self._values_checked = False
         self.loss_weight: float | torch.Tensor = 1.0
         self.skipped_batches: int | torch.Tensor = 0
+        # (weak reference to a LossWeight, its clean gradients) of recent calls, until a backward consumed
+        # them or nothing can any more (see _watch_clean_terms); the warning is given once per mixer.
+        self._clean_terms: list[tuple[weakref.ref, CleanGradients]] = []
+        self._warned_lost = False
 
     def __getattr__(self, name: str) -> Any:
         # SAGE options read back as attributes (mixer.upper_lambda), from the one config.
@@ -241,18 +265,19 @@ class SageMixup(Mixup):
 
     # -- binding -------------------------------------------------------------------------------
     def bind(self, model: nn.Module, *, grad_scaler: Any = None) -> SageMixup:
-        """Bind the live model whose saliency drives mixing (wrappers are stripped); returns self."""
+        """Bind the live model whose saliency drives mixing (wrappers are stripped); returns self.
+        ``grad_scaler`` is deprecated and ignored (see the class)."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_grad_scaler(grad_scaler)
         self.model = unwrap_model(model)
-        if grad_scaler is not None:
-            self._scale = _scale_function(grad_scaler)
         return self
 
     @property
     def clean_grad_weight(self) -> float:
-        """Weight ``1 - r`` of the clean loss's parameter gradient that the call writes (0 with ``r == 1``,
-        and with ``clean_term="in_batch"``, whose clean term is in the returned batch)."""
+        """Weight ``1 - r`` of the clean loss's parameter gradient that :attr:`loss_weight` carries into
+        the caller's backward (0 with ``r == 1``, and with ``clean_term="in_batch"``, whose clean term is
+        in the returned batch)."""
         if self.config.clean_term == "in_batch":
             return 0.0
         return 1.0 - self.config.update_ratio
@@ -296,6 +321,8 @@ class SageMixup(Mixup):
         :attr:`loss_weight` is the weight the caller's loss on the returned batch must take.
         """
         self.loss_weight = 1.0
+        if self._clean_terms:
+            self._watch_clean_terms()
         if self.mode != "sage":
             return super().__call__(x, target)
         _checks.check_tensor("x", x)
@@ -354,10 +381,12 @@ class SageMixup(Mixup):
         result = sage_step(
             self.model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
             label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
-            amp_dtype=self.amp_dtype, backward_scale=self._scale,
+            amp_dtype=self.amp_dtype,
         )  # fmt: skip
         self.skipped_batches = self.skipped_batches + (~result.mixed).long()
         self.loss_weight = result.loss_weight
+        if isinstance(result.loss_weight, LossWeight):
+            self._clean_terms.append((weakref.ref(result.loss_weight), result.loss_weight.clean))
         self.last = SageMixRecord(
             "sage",
             result.lam,
@@ -368,6 +397,29 @@ class SageMixup(Mixup):
             result.mixed,
         )
         return result.images, result.target
+
+    def _watch_clean_terms(self) -> None:
+        """At each call: release the clean gradients a backward consumed; warn (once) about any that no
+        backward can reach any more: not consumed, its :attr:`loss_weight` gone (the mixer dropped its
+        own reference before this check) and no weighted product alive. A term whose weight or product
+        is still held (a loop that mixes one batch ahead of its backward) is looked at again later."""
+        watched = []
+        for weight, clean in self._clean_terms:
+            if clean.consumed:
+                clean.release()
+            elif weight() is not None or clean.products > 0:
+                watched.append((weight, clean))
+            elif not self._warned_lost:
+                self._warned_lost = True
+                warnings.warn(
+                    f"SageMixup: the clean-loss gradient of an earlier call (update_ratio="
+                    f"{self.config.update_ratio} < 1) never reached a backward pass, so training misses "
+                    "the (1 - r) * l_clean term; multiply the loss of the mixed batch by the mixer's weight "
+                    "before backward(): loss = loss * mixup_fn.loss_weight",
+                    CleanGradientLostWarning,
+                    stacklevel=3,
+                )
+        self._clean_terms = watched[-_WATCHED_TERMS:]
 
     def _shaped_target(self, target: torch.Tensor, batch: int) -> torch.Tensor:
         """(B,) labels, or (B, num_classes) soft targets used as given; multi-label targets become smoothed

@@ -8,8 +8,8 @@ Use it either way::
 How it works
 ============
 train.py looks its building blocks up as *module globals at call time*: ``Mixup``, ``FastCollateMixup``,
-``create_loader``, ``ClassificationTask`` (and the other timm training tasks), ``create_optimizer_v2``,
-``NativeScaler``. :func:`install` replaces those names in train.py's namespace, once the parsed ``args``
+``create_loader``, ``ClassificationTask`` (and the other timm training tasks), ``create_optimizer_v2``.
+:func:`install` replaces those names in train.py's namespace, once the parsed ``args``
 are known, and only when ``args.mixup_mode == "sage"``; with any other mode nothing is patched and
 train.py behaves exactly as stock timm.
 
@@ -35,14 +35,16 @@ train.py behaves exactly as stock timm.
   whose constructor records the model they receive (after ``.to(device)`` and channels_last), and
   every SAGE mixer binds it. Their ``forward`` multiplies the batch's loss by the mixer's
   ``loss_weight`` (r with ``sage_update_ratio < 1``), so train.py trains on the paper's loss
-  ``(1 - r) * l_clean + r * l_mixed`` with its learning rate unchanged; the clean part is already in
-  ``.grad`` from the SAGE step. Scripts without a task (older train.py) are covered by
+  ``(1 - r) * l_clean + r * l_mixed`` with its learning rate unchanged: that product's backward also
+  adds the clean part, which the SAGE step computed and ``loss_weight`` carries
+  (:mod:`timm_sage.core.clean`), scaled by train.py's NativeScaler and divided by
+  ``--grad-accum-steps`` like the loss itself, wherever train.py zeroes its gradients. Scripts without
+  a task (older train.py) are covered by
   ``create_optimizer_v2(model, ...)``, which records its model argument. Binding strips DDP,
   ``torch.compile`` and EMA wrappers, so the saliency pass runs the plain module: eagerly, not through
   the compiled graph, and outside DDP's forward, so DDP's reducer does not see it.
 * ``--amp``: the saliency pass runs under ``torch.autocast`` with train.py's AMP dtype (train.py mixes
-  before entering its own autocast). ``NativeScaler`` instances are recorded, so with
-  ``sage_update_ratio < 1`` the clean-loss gradient is scaled like train.py's loss.
+  before entering its own autocast).
 * ``--channels-last``: the saliency pass follows the model's memory format.
 * Seeds: ``sage_seed`` when given, else ``torch.initial_seed()`` (train.py seeds it with seed + rank).
 
@@ -101,7 +103,6 @@ class PluginState:
     args: argparse.Namespace | None
     options: dict[str, Any]
     model: nn.Module | None = None
-    grad_scaler: Any = None
     mixers: list[PluginSageMixup] = field(default_factory=list)
     loaders: list[DeviceMixLoader] = field(default_factory=list)
     originals: dict[str, Any] = field(default_factory=dict)
@@ -119,7 +120,7 @@ class PluginState:
         if isinstance(model, nn.Module) and (replace or self.model is None):
             self.model = model
             for mixer in self.mixers:
-                mixer.model = None  # rebind lazily, with the scaler known by then
+                mixer.model = None  # rebind lazily, at the next call
 
     def new_mixer(self, mixup_args: dict[str, Any]) -> PluginSageMixup:
         """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options."""
@@ -133,7 +134,7 @@ class PluginState:
 
 
 class PluginSageMixup(SageMixup):
-    """SageMixup that finds the model and the loss scaler of the run it was installed in at call time."""
+    """SageMixup that finds the model of the run it was installed in at call time."""
 
     plugin_state: PluginState | None = None
 
@@ -147,7 +148,7 @@ class PluginSageMixup(SageMixup):
                     "before the first batch; bind one with "
                     "plugin.current_state().set_model(model, replace=True)"
                 )
-            self.bind(state.model, grad_scaler=state.grad_scaler)
+            self.bind(state.model)
         if state is not None and self.mode == "sage" and self.config.update_ratio < 1 and not state.task_seen:
             raise RuntimeError(
                 "timm_sage.plugin: sage_update_ratio < 1 weights train.py's mixed loss by r inside timm's "
@@ -295,8 +296,9 @@ def _patch_tasks(state: PluginState) -> None:
             state.set_model(_model_argument(args, kwargs), replace=True)
 
         def forward(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> Any:
-            # The paper's loss (1 - r) * l_clean + r * l_mixed: the clean part is already in .grad (the
-            # SAGE step), the mixed loss of this batch takes weight r here, so train.py needs no change.
+            # The paper's loss (1 - r) * l_clean + r * l_mixed: the mixed loss of this batch takes the
+            # weight r here, and the product's backward adds the clean part the weight carries, so
+            # train.py needs no change.
             result = _base.forward(self, *args, **kwargs)
             weight = state.take_loss_weight()
             if weight is not None and isinstance(result, dict) and "loss" in result:
@@ -386,21 +388,10 @@ def install(namespace: dict[str, Any], args: argparse.Namespace | None = None) -
 
         return create_optimizer_v2
 
-    def make_scaler(original: Callable[..., Any]) -> Callable[..., Any]:
-        def NativeScaler(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
-            scaler = original(*args, **kwargs)
-            state.grad_scaler = scaler
-            for mixer in state.mixers:
-                mixer.model = None  # rebind with the scaler at the next call
-            return scaler
-
-        return NativeScaler
-
     _wrap(state, "Mixup", make_mixup)
     _wrap(state, "FastCollateMixup", make_collate)
     _wrap(state, "create_loader", make_loader)
     _wrap(state, "create_optimizer_v2", make_optimizer)
-    _wrap(state, "NativeScaler", make_scaler)
     _patch_tasks(state)
     namespace[STATE_KEY] = state
     _current = state

@@ -309,11 +309,11 @@ class SAGE(Transform):
         self.config.check_image_size(*images.shape[-2:])
         floating = images if images.is_floating_point() else images.float()
         with saliency_mode(self._model, self.config):
-            result = compute_saliency(
+            result, _ = compute_saliency(
                 self._model, floating, labels.to(images.device),
                 loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
                 blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
-                backward_scale=None, scale=self.config.saliency_scale, size=self.config.saliency_size,
+                scale=self.config.saliency_scale, size=self.config.saliency_size,
             )  # fmt: skip
         return result.saliency, result.finite
 

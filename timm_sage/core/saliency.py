@@ -15,6 +15,7 @@ from torch import nn
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SALIENCY_LOSSES, SALIENCY_REDUCTIONS
 from timm_sage.core import checks as _checks
+from timm_sage.core.clean import CleanGradients
 from timm_sage.core.mixing import one_hot_targets
 
 
@@ -203,7 +204,9 @@ def saliency_pass(
         reduce: ``"mean_abs"`` (reference: mean of |grad| over channels) or ``"l2"`` (paper).
         blur_kernel, blur_sigma: Gaussian smoothing, see :func:`blur_maps`.
         param_grad_weight: weight of the clean loss in the parameters' ``.grad``.
-        backward_scale: applied to the weighted loss before ``backward`` (e.g. ``GradScaler.scale``).
+        backward_scale: a loss scaler's ``scale`` (e.g. ``GradScaler.scale``): the clean parameter
+            gradient enters ``.grad`` multiplied by its factor, as a backward of ``backward_scale(w *
+            loss)`` would leave it.
         scale: cheap saliency (``saliency_scale``), a float in (0, 1]. Below 1 the pass runs on the batch
             resized to ``round(H * scale) x round(W * scale)`` (bilinear, antialiased) and the channel-
             reduced gradient map is resized back to H x W (bilinear) before smoothing: about
@@ -220,7 +223,7 @@ def saliency_pass(
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
         ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps' overall scale carries
-        ``param_grad_weight`` and ``backward_scale`` (it is the gradient of the weighted loss); SAGE
+        ``param_grad_weight`` (it is the gradient of the weighted loss); SAGE
         normalises each map, so only their shape matters. When the loss or any gradient is NaN or Inf,
         ``finite`` is False, the saliency is all NaN and the parameters' ``.grad`` receive zeros (never
         the bad values), so a caller can fall back to the unmixed batch (the SAGE step does).
@@ -241,11 +244,31 @@ def saliency_pass(
     pass_size(x.shape[-2], x.shape[-1], scale=scale, size=size)  # the size rules, named
     check_blur(blur_kernel, blur_sigma, x.shape[-2:])
     _check_target(target, x.shape[0], loss)
-    return compute_saliency(
+    result, clean = compute_saliency(
         model, x, target, loss=loss, reduce=reduce, blur_kernel=blur_kernel, blur_sigma=blur_sigma,
-        param_grad_weight=param_grad_weight, backward_scale=backward_scale, scale=scale, size=size,
-        check_labels=True,
+        param_grad_weight=param_grad_weight, scale=scale, size=size, check_labels=True,
     )  # fmt: skip
+    if clean is not None:
+        add_to_grad(clean, backward_scale)
+    return result
+
+
+def add_to_grad(
+    clean: CleanGradients, backward_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> None:
+    """Accumulate kept clean gradients into the parameters' ``.grad`` (created where None), multiplied by
+    ``backward_scale``'s factor (``backward_scale`` of a one: a GradScaler's current scale, on the
+    device). ``torch._foreach_add_`` for the gradients that exist: no per-parameter launches."""
+    pieces = clean.pieces
+    if backward_scale is not None:
+        factor = backward_scale(torch.ones((), device=clean.flat.device)).float()
+        pieces = torch._foreach_mul(pieces, factor)
+    held = [(p, g) for p, g in zip(clean.params, pieces, strict=True) if p.grad is not None]
+    for param, piece in zip(clean.params, pieces, strict=True):
+        if param.grad is None:
+            param.grad = torch.empty_like(param).copy_(piece)  # the parameter's dtype and memory format
+    if held:
+        torch._foreach_add_([p.grad for p, _ in held], [g.to(p.grad.dtype) for p, g in held])
 
 
 def compute_saliency(
@@ -258,15 +281,17 @@ def compute_saliency(
     blur_kernel: int,
     blur_sigma: float,
     param_grad_weight: float,
-    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None,
     scale: float,
     size: int | None = None,
     check_labels: bool = False,
-) -> SaliencyPass:
+) -> tuple[SaliencyPass, CleanGradients | None]:
     """:func:`saliency_pass` on trusted arguments, with no host read of a device value.
 
-    Whether the loss and the gradients are finite is decided on the device (``finite``); the clean
-    parameter gradient enters ``.grad`` only where it is (``torch.where``), so a bad batch adds zero.
+    Writes no ``.grad``: with ``param_grad_weight = w > 0`` the same backward's parameter gradients
+    ``w * d(loss)/d(param)`` come back as :class:`~timm_sage.core.clean.CleanGradients` (float32, on the
+    device; zeros where the pass was not finite, decided with ``torch.where``), for the SAGE step's
+    :class:`~timm_sage.core.clean.LossWeight` or :func:`saliency_pass`'s ``.grad``; None when ``w == 0``
+    or no parameter received a gradient.
     """
     height, width = x.shape[-2:]
     small = pass_size(height, width, scale=scale, size=size)
@@ -295,21 +320,19 @@ def compute_saliency(
                 raise ValueError(f"target labels must lie in [0, {num_classes - 1}] (the model's outputs)")
         clean_loss = _clean_loss(logits, target, loss)
         scaled = clean_loss * param_grad_weight if params else clean_loss
-        if params and backward_scale is not None:
-            scaled = backward_scale(scaled)
         grad, *param_grads = torch.autograd.grad(scaled, [inputs, *params], allow_unused=True)
     present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
     # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
-    # overflows counts as not finite too), kept on the device.
+    # overflows counts as not finite too), kept on the device. The parameter gradients are summed as one
+    # concatenated buffer (CleanGradients keeps it): one reduction, not one per parameter.
+    clean = None
     totals = [clean_loss.detach().float(), grad.sum(dtype=torch.float32)]
-    totals += [g.sum(dtype=torch.float32) for _, g in present]
+    if present:
+        flat = torch.cat([g.reshape(-1).float() for _, g in present])
+        totals.append(flat.sum())
     finite = torch.isfinite(torch.stack(totals).sum())
-    for param, param_grad in present:
-        contribution = torch.where(finite, param_grad, torch.zeros_like(param_grad))
-        if param.grad is None:
-            param.grad = contribution
-        else:
-            param.grad.add_(contribution)
+    if present:
+        clean = CleanGradients([p for p, _ in present], torch.where(finite, flat, 0.0))
     # The caller's autocast must not push the reduction and the blur back into half precision.
     with torch.autocast(device_type=grad.device.type, enabled=False):
         grad = grad.float()
@@ -321,7 +344,7 @@ def compute_saliency(
             )[:, 0]
         saliency = blur_maps(channel_map, blur_kernel, blur_sigma)
     saliency = torch.where(finite, saliency, math.nan)
-    return SaliencyPass(saliency, clean_loss.detach(), finite)
+    return SaliencyPass(saliency, clean_loss.detach(), finite), clean
 
 
 def saliency_map(

@@ -3,17 +3,20 @@
 Every entry point that mixes with a live model (``SageMixup`` in a user's loop, the timm ``train.py``
 plugin, ``timm-sage train``) runs this function, so an option means the same thing everywhere.
 
-The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (SAGE.md section 5, ``r`` =
-``update_ratio``). With ``clean_term="separate_pass"`` (the reference's) the step adds
-``(1 - r) * d l_clean / d params`` to ``.grad`` in the saliency pass's own backward, and returns
-``loss_weight = r``: the caller multiplies its mixed-batch loss by it. With ``clean_term="in_batch"`` the
+The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (docs/algorithm.md, ``r`` =
+``update_ratio``). With ``clean_term="separate_pass"`` (the reference's) the saliency pass's own backward
+also computes ``(1 - r) * d l_clean / d params``; the step writes no ``.grad`` but returns
+``loss_weight``, a :class:`~timm_sage.core.clean.LossWeight` of value r that carries those gradients: the
+caller multiplies its mixed-batch loss by it, and that product's backward adds them, scaled like the
+loss, whatever the loop did to ``.grad`` in between (:mod:`timm_sage.core.clean`). With
+``clean_term="in_batch"`` the
 saliency pass takes input gradients only, the images marked by ``draws.clean`` (``round((1 - r) * B)``
 of them) go back unmixed with ``lam`` 1 and their own targets, and ``loss_weight`` is 1: the caller's one
 loss holds both terms, in expectation over the batch (docs/algorithm.md).
 
 Non-finite saliency, one rule: when the clean loss or any gradient of the saliency pass is NaN or Inf,
-the batch is not mixed (images and targets are the clean batch), no clean gradient is added and
-``loss_weight`` is 1, so the caller's step trains on the plain batch. The decision is taken on the
+the batch is not mixed (images and targets are the clean batch), the clean gradient carried is zero
+and ``loss_weight`` is 1, so the caller's step trains on the plain batch. The decision is taken on the
 device (``torch.where``): the step never reads a device value back to the host.
 """
 
@@ -28,6 +31,7 @@ from torch import nn
 
 from timm_sage.config import SageConfig
 from timm_sage.core import mixing
+from timm_sage.core.clean import LossWeight
 from timm_sage.core.saliency import compute_saliency
 
 
@@ -48,7 +52,8 @@ class SageStepResult(NamedTuple):
     ``images`` (B, C, H, W) in x's dtype; ``target`` (B, num_classes) float32; ``lam`` (B,) float32
     (1 where the batch fell back); ``perm`` (B,) long; ``translation`` (B, 2) long; ``saliency``
     (B, H, W) float32; ``clean_loss`` 0-dim float32; ``mixed`` 0-dim bool (False: non-finite saliency,
-    clean batch returned); ``loss_weight`` 0-dim float32, the weight of the caller's mixed loss.
+    clean batch returned); ``loss_weight`` 0-dim float32, the weight of the caller's mixed loss: a
+    :class:`~timm_sage.core.clean.LossWeight` carrying the clean gradient when the pass computed one.
     """
 
     images: torch.Tensor
@@ -95,7 +100,6 @@ def sage_step(
     num_classes: int,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
-    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> SageStepResult:
     """Saliency pass, then SAGE mix of the batch, with no host read of a device value.
 
@@ -105,7 +109,6 @@ def sage_step(
         draws: this batch's :class:`SageDraws`. config: the options.
         num_classes, label_smoothing: of the soft targets (timm's smoothing).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype (None: as called).
-        backward_scale: scales the clean loss before its backward (``GradScaler.scale``) when r < 1.
     """
     device = x.device
     in_batch = config.clean_term == "in_batch" and config.update_ratio < 1
@@ -125,11 +128,10 @@ def sage_step(
         else contextlib.nullcontext()
     )
     with saliency_mode(model, config), autocast:
-        clean = compute_saliency(
+        clean, clean_grads = compute_saliency(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
-            backward_scale=backward_scale if clean_weight > 0 else None, scale=config.saliency_scale,
-            size=config.saliency_size,
+            scale=config.saliency_scale, size=config.saliency_size,
         )  # fmt: skip
     perm = draws.perm.to(device, non_blocking=True)
     translations = draws.translations.to(device, non_blocking=True)
@@ -149,6 +151,8 @@ def sage_step(
         soft = mixing.mix_targets(target, perm, lam, num_classes, label_smoothing)
     mixed_weight = 1.0 if in_batch else config.update_ratio
     loss_weight = torch.where(clean.finite, mixed_weight, 1.0).float()
+    if clean_grads is not None:
+        loss_weight = LossWeight(loss_weight, clean_grads)
     return SageStepResult(
         images, soft, lam, perm, plan.translation, clean.saliency, clean.loss, clean.finite, loss_weight
     )

@@ -1,9 +1,10 @@
 """One training step, and evaluation, of ``timm-sage train``.
 
 The step is the mixer's: in SAGE mode :class:`timm_sage.SageMixup` runs the one SAGE step
-(:mod:`timm_sage.core.step`: saliency pass with ``(1 - r) * d l_clean / d params`` into ``.grad``, then
-the mix), and the mixed loss here takes the mixer's ``loss_weight`` (r), so ``.grad`` holds the gradient
-of ``(1 - r) * l_clean + r * l_mixed``, as in timm's train.py with the plugin and in a user's loop.
+(:mod:`timm_sage.core.step`: saliency pass, whose backward also computes ``(1 - r) * d l_clean / d
+params``, then the mix), and the mixed loss here takes the mixer's ``loss_weight`` (r, carrying that
+clean gradient into this step's own, scaled, backward), so ``.grad`` holds the gradient of
+``(1 - r) * l_clean + r * l_mixed``, as in timm's train.py with the plugin and in a user's loop.
 """
 
 from __future__ import annotations

@@ -203,7 +203,7 @@ class Trainer:
                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes,
                 config=SageConfig(**{name: cfg[f"sage_{name}"] for name in SageConfig.names()}),
                 seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
-                model=self.model, grad_scaler=self.scaler, amp_dtype=amp_dtype if cfg.amp else None,
+                model=self.model, amp_dtype=amp_dtype if cfg.amp else None,
             )  # fmt: skip
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif cfg.smoothing > 0:
