@@ -156,7 +156,6 @@ def _train(steps: int, *, scaler: torch.amp.GradScaler | None, amp: bool, update
         seed=3,
         rand_pos=0.1,
         update_ratio=update_ratio,
-        grad_scaler=scaler,
         amp_dtype=torch.bfloat16 if amp else None,
     )
     history = []
@@ -165,10 +164,11 @@ def _train(steps: int, *, scaler: torch.amp.GradScaler | None, amp: bool, update
         optimizer.zero_grad(set_to_none=True)
         scale = scaler.get_scale() if scaler is not None else 1.0
         images, target = mixer(x, y)
-        clean = torch.cat([p.grad.flatten() for p in model.parameters()]) / scale
+        # (1 - r) * d l_clean / d params, as the weight carries it into the backward (never scaled there)
+        clean = mixer.loss_weight.clean.flat.clone()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
-        loss = _soft_ce(logits, target)
+        loss = _soft_ce(logits, target) * mixer.loss_weight
         if scaler is None:
             loss.backward()
             full = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -185,7 +185,8 @@ def _train(steps: int, *, scaler: torch.amp.GradScaler | None, amp: bool, update
 
 def test_grad_scaler_loop_matches_float32_loop_exactly() -> None:
     """GradScaler (enabled, CPU, growing every step) with r < 1 and float32 compute: the clean gradient is
-    scaled with the same factor as the mixed loss, so unscaled gradients equal the plain loop's."""
+    scaled with the same factor as the mixed loss (through the scaled backward of ``loss * loss_weight``),
+    so unscaled gradients equal the plain loop's."""
     reference = _train(3, scaler=None, amp=False, update_ratio=0.5)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
     scaled = _train(3, scaler=scaler, amp=False, update_ratio=0.5)
@@ -218,7 +219,6 @@ def test_cuda_float16_autocast_with_grad_scaler() -> None:
             num_classes=NUM_CLASSES,
             seed=3,
             update_ratio=0.5,
-            grad_scaler=scaler,
             amp_dtype=torch.float16 if amp else None,
         )
         x, y = (t.to(device) for t in _batch())
@@ -226,7 +226,7 @@ def test_cuda_float16_autocast_with_grad_scaler() -> None:
         assert mixer.last.saliency.dtype == torch.float32 and torch.isfinite(mixer.last.saliency).all()
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
             logits = model(images)
-        scaler.scale(_soft_ce(logits, target)).backward()
+        scaler.scale(_soft_ce(logits, target) * mixer.loss_weight).backward()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
         scaler.unscale_(optimizer)
         results.append(torch.cat([p.grad.flatten() for p in model.parameters()]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from timm.utils import ModelEmaV3, NativeScaler
 from torch import nn
 
 from timm_sage import SageMixup, functional, unwrap_model
+from timm_sage.core.clean import CleanGradientLostWarning
 
 NUM_CLASSES = 10
 
@@ -236,10 +238,18 @@ def test_update_ratio_one_writes_no_gradient():
     mixer(x, y)
     assert mixer.last.method == "sage"
     assert all(p.grad is None for p in model.parameters())
+    assert type(mixer.loss_weight) is torch.Tensor and float(mixer.loss_weight) == 1.0  # carries nothing
+
+
+def mixed_param_grads(model: nn.Module, images: torch.Tensor, soft: torch.Tensor) -> list[torch.Tensor]:
+    """d/dparams of the soft-target cross-entropy on the mixed batch, by hand, on a copy."""
+    reference = copy.deepcopy(model)
+    loss = torch.sum(-soft * F.log_softmax(reference(images), -1), -1).mean()
+    return list(torch.autograd.grad(loss, list(reference.parameters())))
 
 
 @pytest.mark.parametrize("ratio", [0.7, 0.5])
-def test_update_ratio_accumulates_weighted_clean_gradient(ratio):
+def test_update_ratio_clean_gradient_enters_through_the_weighted_backward(ratio):
     model = make_model()
     x, y = make_batch()
     expected = clean_param_grads(model, x, y)
@@ -249,31 +259,35 @@ def test_update_ratio_accumulates_weighted_clean_gradient(ratio):
         param.grad = grad.clone()
     mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=model, seed=0, update_ratio=ratio)
     assert mixer.clean_grad_weight == pytest.approx(1 - ratio)
-    mixer(x, y)
-    # the paper's loss (1 - r) l_clean + r l_mixed: the clean part arrives with weight 1 - r ...
-    weight = 1 - ratio
-    assert float(mixer.loss_weight) == pytest.approx(ratio)  # ... and the caller's mixed loss takes r
-    for param, before, want in zip(model.parameters(), existing, expected, strict=True):
-        assert torch.allclose(param.grad, before + weight * want, atol=1e-6, rtol=1e-5)
+    images, soft = mixer(x, y)
+    for param, before in zip(model.parameters(), existing, strict=True):
+        assert torch.equal(param.grad, before)  # the call itself writes nothing
+    assert float(mixer.loss_weight) == pytest.approx(ratio)  # the caller's mixed loss takes r ...
+    mixed = mixed_param_grads(model, images, soft)
+    loss = torch.sum(-soft * F.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
+    loss.backward()
+    # ... and its backward adds the clean part with weight 1 - r: the paper's (1 - r) l_clean + r l_mixed
+    for param, before, clean, mix in zip(model.parameters(), existing, expected, mixed, strict=True):
+        assert torch.allclose(param.grad, before + (1 - ratio) * clean + ratio * mix, atol=1e-6, rtol=1e-5)
 
 
 def test_update_ratio_with_grad_scaler_scales_clean_gradient():
+    """The GradScaler's scale reaches the clean term through the scaled backward; unscale_ undoes both."""
     model = make_model()
     x, y = make_batch()
     expected = clean_param_grads(model, x, y)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    mixer = SageMixup(
-        mode="sage", num_classes=NUM_CLASSES, model=model, seed=0, update_ratio=0.7, grad_scaler=scaler
-    )
-    mixer(x, y)
-    weight = 0.3
-    for param, want in zip(model.parameters(), expected, strict=True):
-        assert torch.allclose(param.grad, 1024.0 * weight * want, atol=1e-4, rtol=1e-5)
-    # unscale_ (as GradScaler.step does) brings the clean term back to the unscaled weight
+    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=model, seed=0, update_ratio=0.7)
+    images, soft = mixer(x, y)
+    mixed = mixed_param_grads(model, images, soft)
+    loss = torch.sum(-soft * F.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
+    scaler.scale(loss).backward()
+    for param, clean, mix in zip(model.parameters(), expected, mixed, strict=True):
+        assert torch.allclose(param.grad, 1024.0 * (0.3 * clean + 0.7 * mix), atol=1e-4, rtol=1e-5)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler.unscale_(optimizer)
-    for param, want in zip(model.parameters(), expected, strict=True):
-        assert torch.allclose(param.grad, weight * want, atol=1e-6, rtol=1e-5)
+    for param, clean, mix in zip(model.parameters(), expected, mixed, strict=True):
+        assert torch.allclose(param.grad, 0.3 * clean + 0.7 * mix, atol=1e-6, rtol=1e-5)
 
 
 def test_update_ratio_with_timm_native_scaler_scales_clean_gradient():
@@ -281,18 +295,23 @@ def test_update_ratio_with_timm_native_scaler_scales_clean_gradient():
     x, y = make_batch()
     expected = clean_param_grads(model, x, y)
     scaler = NativeScaler(device="cpu")
-    scale = float(scaler._scaler.get_scale())
-    assert scale > 1
-    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, seed=0, update_ratio=0.5).bind(
-        model, grad_scaler=scaler
-    )
-    mixer(x, y)
-    for param, want in zip(model.parameters(), expected, strict=True):
-        assert torch.allclose(param.grad, scale * 0.5 * want, atol=1e-2, rtol=1e-4)
-    # timm's step: scaled mixed loss backward, unscale, step; the clean term arrives with weight 1 - r
-    loss = F.cross_entropy(model(x), y)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    scaler(loss, optimizer)
+    assert float(scaler._scaler.get_scale()) > 1
+    mixer = SageMixup(mode="sage", num_classes=NUM_CLASSES, seed=0, update_ratio=0.5).bind(model)
+    images, soft = mixer(x, y)
+    mixed = mixed_param_grads(model, images, soft)
+    # timm's step: scaled backward, unscale (inside the scaler's step), step with lr 0: .grad is unscaled
+    loss = torch.sum(-soft * F.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
+    scaler(loss, torch.optim.SGD(model.parameters(), lr=0.0))
+    for param, clean, mix in zip(model.parameters(), expected, mixed, strict=True):
+        assert torch.allclose(param.grad, 0.5 * clean + 0.5 * mix, atol=1e-6, rtol=1e-4)
+
+
+def test_grad_scaler_argument_is_deprecated():
+    scaler = torch.amp.GradScaler("cpu")
+    with pytest.warns(DeprecationWarning, match="grad_scaler is deprecated"):
+        SageMixup(mode="sage", num_classes=NUM_CLASSES, update_ratio=0.5, grad_scaler=scaler)
+    with pytest.warns(DeprecationWarning, match="grad_scaler is deprecated"):
+        SageMixup(mode="sage", num_classes=NUM_CLASSES).bind(make_model(), grad_scaler=NativeScaler("cpu"))
 
 
 def test_bad_grad_scaler_is_a_type_error():
@@ -417,7 +436,8 @@ def test_sage_mode_needs_a_model_or_saliency():
 
 
 def test_one_line_switch_trains_a_timm_model_in_a_plain_loop():
-    """A loop written for timm's Mixup switches to SAGE by changing the line that builds the mixer."""
+    """A loop written for timm's Mixup switches to SAGE by changing the line that builds the mixer (and,
+    with ``update_ratio < 1``, weighting the loss by ``mixer.loss_weight``): no clean term is lost."""
     import timm
     from timm.loss import SoftTargetCrossEntropy
 
@@ -430,14 +450,17 @@ def test_one_line_switch_trains_a_timm_model_in_a_plain_loop():
     before = copy.deepcopy(model.state_dict())
     methods = []
     optimizer.zero_grad()
-    for step in range(4):
-        x, y = make_batch(batch=8, size=16, seed=step)
-        x, soft = mixer(x, y)
-        methods.append(mixer.last.method)
-        loss = criterion(model(x), soft)
-        assert math.isfinite(float(loss.detach()))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CleanGradientLostWarning)
+        for step in range(4):
+            x, y = make_batch(batch=8, size=16, seed=step)
+            x, soft = mixer(x, y)
+            methods.append(mixer.last.method)
+            loss = criterion(model(x), soft) * mixer.loss_weight
+            assert math.isfinite(float(loss.detach()))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        mixer(*make_batch(batch=8, size=16, seed=4))
     assert "sage" in methods and set(methods) <= {"sage", "cutmix"}
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -59,9 +59,17 @@ def _batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reads(mixer: SageMixup, x: torch.Tensor, y: torch.Tensor) -> int:
-    mixer(x, y)  # warm-up: lazy initialisation is not steady state
+    """Host reads of a steady-state training step: the mixer's call, then the backward of the mixed loss
+    weighted by ``loss_weight`` (which carries the clean gradient with ``update_ratio < 1``)."""
+
+    def step() -> None:
+        images, target = mixer(x, y)
+        loss = torch.sum(-target * F.log_softmax(mixer.model(images), -1), -1).mean()
+        (loss * mixer.loss_weight).backward()
+
+    step()  # warm-up: lazy initialisation is not steady state
     with HostReadCounter() as counter:
-        mixer(x, y)
+        step()
     return counter.reads
 
 
