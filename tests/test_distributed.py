@@ -2,8 +2,9 @@
 
 Each rank mixes its own shard with its own generator (seed = base seed + rank). The saliency pass runs
 through the unwrapped module, so it must not start DDP's gradient reduction; with ``update_ratio < 1``
-the clean-loss gradients it leaves in ``.grad`` must then be averaged by DDP's own backward together with
-the mixed-loss gradients, so that every rank takes the same step.
+the clean-loss gradients it computes (carried by ``loss_weight`` into the backward of the weighted mixed
+loss) must then be averaged by DDP's own backward together with the mixed-loss gradients, so that every
+rank takes the same step.
 """
 
 from __future__ import annotations
@@ -116,15 +117,12 @@ def _run_phase(rank: int, update_ratio: float, find_unused: bool) -> dict:
         # The saliency pass ran through the bare module: DDP reduced nothing.
         assert hook_state["calls"] == calls_before, "the saliency pass triggered a DDP gradient reduction"
         assert mixer.last.method == "sage"
-        if update_ratio == 1.0:
-            assert all(p.grad is None for p in ddp.parameters()), "r = 1: the saliency pass wrote .grad"
-        else:
-            assert all(p.grad is not None for p in ddp.parameters())
-        _soft_ce(ddp(mixed), soft).backward()
+        assert all(p.grad is None for p in ddp.parameters()), "the saliency pass wrote .grad"
+        (_soft_ce(ddp(mixed), soft) * mixer.loss_weight).backward()
         assert hook_state["calls"] > calls_before, "DDP did not reduce the mixed-loss gradients"
-        # Expected DDP gradient: the mean over ranks of (w * clean grad + mixed grad), computed locally.
+        # Expected DDP gradient: the mean over ranks of (w * clean grad + r * mixed grad), computed locally.
         functional.saliency_pass(reference, x, y, param_grad_weight=mixer.clean_grad_weight)
-        _soft_ce(reference(mixed), soft).backward()
+        (_soft_ce(reference(mixed), soft) * update_ratio).backward()
         local = torch.cat(
             [
                 (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)

@@ -15,6 +15,7 @@ from test_train import _tiny_config
 from torch import nn
 
 from timm_sage import SageConfig, SageMixup, functional, launcher
+from timm_sage.core.clean import LossWeight
 from timm_sage.train.config import load_config, resolve_config
 from timm_sage.train.session import Trainer
 
@@ -178,15 +179,20 @@ def test_in_batch_at_r_1_is_separate_pass():
 
 def test_in_batch_gradient_is_the_mixed_batch_loss_alone():
     # in_batch: the caller's loss on the returned batch, at weight 1, is the whole update; separate_pass
-    # writes (1 - r) d l_clean / d params during the call instead.
+    # keeps (1 - r) d l_clean / d params from the call and its loss_weight carries it into the backward.
     x, y = _batch()
-    for clean_term, grad_written in (("in_batch", False), ("separate_pass", True)):
+    for clean_term, carried in (("in_batch", False), ("separate_pass", True)):
         model = _model()
         mixer = SageMixup(
             mode="sage", num_classes=10, model=model, seed=0, update_ratio=0.7, clean_term=clean_term
         )
-        mixer(x, y)
-        assert (model[0].weight.grad is not None) is grad_written
+        images, target = mixer(x, y)
+        assert model[0].weight.grad is None  # the call writes no gradient either way
+        assert isinstance(mixer.loss_weight, LossWeight) is carried
+        loss = torch.sum(-target * torch.log_softmax(model(images), -1), -1).mean()
+        want = torch.autograd.grad(loss * float(mixer.loss_weight), model[0].weight, retain_graph=True)[0]
+        (loss * mixer.loss_weight).backward()
+        assert torch.allclose(model[0].weight.grad, want, atol=1e-7) is not carried
     with pytest.raises(ValueError, match="clean_term"):
         SageConfig(clean_term="both")
 

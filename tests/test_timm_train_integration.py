@@ -40,8 +40,11 @@ def spy(monkeypatch):
         x_in, target_in = x.detach().clone(), target.detach().clone()
         out_x, out_t = mix_call(self, x, target, saliency)
         calls["mix"].append(
-            dict(mixer=self, x=x_in, target=target_in, out_x=out_x, out_t=out_t, record=copy.copy(self.last))
-        )
+            dict(
+                mixer=self, x=x_in, target=target_in, out_x=out_x, out_t=out_t, record=copy.copy(self.last),
+                loss_weight=self.loss_weight,
+            )
+        )  # fmt: skip
         return out_x, out_t
 
     def saliency(model, x, target, **kwargs):
@@ -156,12 +159,14 @@ def test_launcher_yaml_sage_keys_no_prefetcher_update_ratio(spy, tmp_path):
     assert state.options["seed"] == 9 and state.options["update_ratio"] == 0.5
     assert (mixer.update_ratio, mixer.blur_kernel) == (0.5, 3)
     assert module.RUN["mixup_fn"] is mixer
-    assert state.grad_scaler is module.RUN["loss_scaler"]
     check_sage_steps(module, spy["mix"], smoothing=0.0)
     for call in spy["saliency"]:
-        # the clean gradient is kept with weight 1 - r = 0.5, scaled by the run's NativeScaler
+        # the clean gradient is computed with weight 1 - r = 0.5; the NativeScaler's scale reaches it
+        # through the scaled backward of the task's weighted loss
         assert call["kwargs"]["param_grad_weight"] == pytest.approx(0.5)
-        assert call["kwargs"]["backward_scale"] == module.RUN["loss_scaler"]._scaler.scale
+        assert "backward_scale" not in call["kwargs"]
+    for mix in spy["mix"]:
+        assert mix["loss_weight"].clean.consumed  # every clean term reached train.py's backward
     assert "sage_update_ratio: 0.5" in module.RUN["args_text"]
 
 
