@@ -144,7 +144,7 @@ def _train(compiled: bool, update_ratio: float, steps: int = 2) -> list[torch.Te
         x, y = torch.randn(6, 3, 12, 12, generator=gen), torch.randint(0, NUM_CLASSES, (6,), generator=gen)
         optimizer.zero_grad(set_to_none=True)
         images, target = mixer(x, y)
-        loss = torch.sum(-target * F.log_softmax(model(images), -1), -1).mean()
+        loss = torch.sum(-target * F.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
         loss.backward()
         grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
         optimizer.step()

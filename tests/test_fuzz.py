@@ -336,9 +336,15 @@ def test_nan_saliency_pass_skips_mixing_without_poisoning_grads(
     )
     assert float(mixer.loss_weight) == 1.0  # the caller trains on the plain batch with full weight
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # nothing of the NaN pass
-    # The step goes on with the clean batch: finite gradients, and the next batch is mixed again.
-    torch.sum(-target * torch.log_softmax(model(images), -1), -1).mean().backward()
+    # The step goes on with the clean batch: finite gradients (the weight carries a zero clean term), and
+    # the next batch is mixed again.
+    want = torch.autograd.grad(
+        torch.sum(-target * torch.log_softmax(model(images), -1), -1).mean(), list(model.parameters())
+    )
+    (torch.sum(-target * torch.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight).backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    for param, grad in zip(model.parameters(), want, strict=True):
+        assert torch.equal(param.grad, grad)
     mixer(x, y)
     assert bool(mixer.last.mixed) and int(mixer.skipped_batches) == 1
 

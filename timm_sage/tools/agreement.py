@@ -10,12 +10,14 @@ noise. SAGE's saliency comes from a second checkpoint (a SAGE-trained model, in 
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from timm_sage.config import SageConfig
+from timm_sage.core.clean import CleanGradientLostWarning
 from timm_sage.mixup import SageMixup
 from timm_sage.tools.report import write_between_markers
 
@@ -75,7 +77,10 @@ def label_agreement(
     counts = {"pairs": 0, "larger": 0, "smaller": 0, "neither": 0}
     share_sum = 0.0
     for x, y in batches:
-        mixed, target = mixer(x.clone(), y)
+        with warnings.catch_warnings():
+            # Only the mixed images count here: no training step uses the weight's clean gradient.
+            warnings.simplefilter("ignore", CleanGradientLostWarning)
+            mixed, target = mixer(x.clone(), y)
         predicted = _judge(judge, mixed)
         shares, classes = target.topk(2, dim=1)
         two = shares[:, 1] > 0.05
