@@ -2,6 +2,7 @@
 
 from timm_sage import models  # noqa: F401  (registers the CIFAR networks in timm)
 from timm_sage.config import SageConfig
+from timm_sage.core.clean import CleanGradientLostWarning, LossWeight
 from timm_sage.functional import (
     SageMixOutput,
     sage_mix,
@@ -14,6 +15,8 @@ from timm_sage.mixup import SageMixup, unwrap_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "CleanGradientLostWarning",
+    "LossWeight",
     "SageConfig",
     "SageMixOutput",
     "SageMixup",
