@@ -471,3 +471,26 @@ def test_two_rank_ddp_averages_the_clean_term_like_the_rest(tmp_path: Path) -> N
         model = _net()
         model.load_state_dict(result["state"])
         _assert_same_weights(model, reference, buffers=False)  # DDP broadcasts rank 0's BatchNorm buffers
+
+
+def test_the_clean_gradient_buffer_is_reused_only_once_released() -> None:
+    """A consumed term's buffer is overwritten by the next step (no fresh allocation per step); a term
+    whose weight is still held keeps its values."""
+    model = _net()
+    mixup_fn = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=model, seed=SEED, update_ratio=R)
+    buffers = []
+    for step in range(3):
+        mixed, target = mixup_fn(*_batch(step))
+        buffers.append(mixup_fn.loss_weight.clean.flat.data_ptr())
+        (_soft_ce(model(mixed), target) * mixup_fn.loss_weight).backward()
+    assert buffers[1] == buffers[0] and buffers[2] == buffers[0]
+    held = mixup_fn.loss_weight  # consumed, held: released at the next call all the same
+    mixed, target = mixup_fn(*_batch(3))
+    assert held.clean.flat is None
+    kept = mixup_fn.loss_weight  # not consumed and held: the next call must not touch it
+    values = kept.clean.flat.clone()
+    mixup_fn(*_batch(4))
+    assert mixup_fn.loss_weight.clean.flat.data_ptr() != kept.clean.flat.data_ptr()
+    assert torch.equal(kept.clean.flat, values)
+    (_soft_ce(model(mixed), target) * kept).backward()  # still usable
+    assert kept.clean.consumed

@@ -256,6 +256,7 @@ class SageMixup(Mixup):
         # them or nothing can any more (see _watch_clean_terms); the warning is given once per mixer.
         self._clean_terms: list[tuple[weakref.ref, CleanGradients]] = []
         self._warned_lost = False
+        self._spare_buffer: torch.Tensor | None = None  # a released clean-gradient buffer, for reuse
 
     def __getattr__(self, name: str) -> Any:
         # SAGE options read back as attributes (mixer.upper_lambda), from the one config.
@@ -378,10 +379,11 @@ class SageMixup(Mixup):
             ):
                 raise ValueError("soft target values must lie in [0, 1] for saliency_loss='bce_softmax'")
             self._values_checked = True
+        spare, self._spare_buffer = self._spare_buffer, None
         result = sage_step(
             self.model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
             label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
-            amp_dtype=self.amp_dtype,
+            amp_dtype=self.amp_dtype, clean_buffer=spare,
         )  # fmt: skip
         self.skipped_batches = self.skipped_batches + (~result.mixed).long()
         self.loss_weight = result.loss_weight
@@ -399,17 +401,19 @@ class SageMixup(Mixup):
         return result.images, result.target
 
     def _watch_clean_terms(self) -> None:
-        """At each call: release the clean gradients a backward consumed; warn (once) about any that no
-        backward can reach any more: not consumed, its :attr:`loss_weight` gone (the mixer dropped its
-        own reference before this check) and no weighted product alive. A term whose weight or product
-        is still held (a loop that mixes one batch ahead of its backward) is looked at again later."""
+        """At each call: release the clean gradients a backward consumed (their buffer is reused by this
+        call's step); warn (once) about any that no backward can reach any more: not consumed, its
+        :attr:`loss_weight` gone (the mixer dropped its own reference before this check) and no
+        weighted product alive. A term whose weight or product is still held (a loop that mixes one
+        batch ahead of its backward) is looked at again later."""
         watched = []
         for weight, clean in self._clean_terms:
-            if clean.consumed:
-                clean.release()
-            elif weight() is not None or clean.products > 0:
+            if not clean.consumed and (weight() is not None or clean.products > 0):
                 watched.append((weight, clean))
-            elif not self._warned_lost:
+                continue
+            # Consumed, or lost: nothing can use these gradients any more; the next step reuses the buffer.
+            self._spare_buffer = clean.release()
+            if not clean.consumed and not self._warned_lost:
                 self._warned_lost = True
                 warnings.warn(
                     f"SageMixup: the clean-loss gradient of an earlier call (update_ratio="

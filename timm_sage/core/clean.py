@@ -47,19 +47,11 @@ class CleanGradients:
         self.consumed = False
         self.products = 0
 
-    @classmethod
-    def from_grads(
-        cls, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], finite: torch.Tensor
-    ) -> CleanGradients:
-        """Keep ``grads`` (one per parameter, any float dtype) where ``finite`` (0-dim bool) holds, zeros
-        elsewhere: one concatenation and one ``torch.where``, whatever the number of parameters; no
-        host read."""
-        flat = torch.cat([grad.reshape(-1).float() for grad in grads])
-        return cls(params, torch.where(finite, flat, 0.0))
-
-    def release(self) -> None:
-        """Free the kept gradients (the mixer's next call does, once they were consumed)."""
-        self.flat = self.pieces = None
+    def release(self) -> torch.Tensor | None:
+        """Drop the kept gradients (the mixer's next call does, once they were consumed or can no longer
+        be) and hand back their buffer, which the next SAGE step may overwrite."""
+        flat, self.flat, self.pieces = self.flat, None, None
+        return flat
 
     def _product_freed(self) -> None:
         self.products -= 1

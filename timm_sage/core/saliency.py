@@ -284,6 +284,7 @@ def compute_saliency(
     scale: float,
     size: int | None = None,
     check_labels: bool = False,
+    clean_buffer: torch.Tensor | None = None,
 ) -> tuple[SaliencyPass, CleanGradients | None]:
     """:func:`saliency_pass` on trusted arguments, with no host read of a device value.
 
@@ -291,7 +292,9 @@ def compute_saliency(
     ``w * d(loss)/d(param)`` come back as :class:`~timm_sage.core.clean.CleanGradients` (float32, on the
     device; zeros where the pass was not finite, decided with ``torch.where``), for the SAGE step's
     :class:`~timm_sage.core.clean.LossWeight` or :func:`saliency_pass`'s ``.grad``; None when ``w == 0``
-    or no parameter received a gradient.
+    or no parameter received a gradient. ``clean_buffer``: a float32 tensor this call may overwrite to
+    hold them (a released earlier one, see :meth:`CleanGradients.release`), used when its size and
+    device fit: on a CPU a fresh buffer of the parameters' size costs page faults at every step.
     """
     height, width = x.shape[-2:]
     small = pass_size(height, width, scale=scale, size=size)
@@ -328,11 +331,20 @@ def compute_saliency(
     clean = None
     totals = [clean_loss.detach().float(), grad.sum(dtype=torch.float32)]
     if present:
-        flat = torch.cat([g.reshape(-1).float() for _, g in present])
+        pieces = [g.reshape(-1).float() for _, g in present]
+        numel = sum(piece.numel() for piece in pieces)
+        fits = (
+            clean_buffer is not None
+            and clean_buffer.dtype == torch.float32
+            and clean_buffer.device == grad.device
+            and clean_buffer.numel() == numel
+        )
+        flat = torch.cat(pieces, out=clean_buffer) if fits else torch.cat(pieces)
         totals.append(flat.sum())
     finite = torch.isfinite(torch.stack(totals).sum())
     if present:
-        clean = CleanGradients([p for p, _ in present], torch.where(finite, flat, 0.0))
+        # Zeros where the pass was not finite, in place (a 0-dim mask broadcasts): no second buffer.
+        clean = CleanGradients([p for p, _ in present], flat.masked_fill_(~finite, 0.0))
     # The caller's autocast must not push the reduction and the blur back into half precision.
     with torch.autocast(device_type=grad.device.type, enabled=False):
         grad = grad.float()

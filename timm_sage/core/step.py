@@ -100,6 +100,7 @@ def sage_step(
     num_classes: int,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
+    clean_buffer: torch.Tensor | None = None,
 ) -> SageStepResult:
     """Saliency pass, then SAGE mix of the batch, with no host read of a device value.
 
@@ -109,6 +110,8 @@ def sage_step(
         draws: this batch's :class:`SageDraws`. config: the options.
         num_classes, label_smoothing: of the soft targets (timm's smoothing).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype (None: as called).
+        clean_buffer: a released clean-gradient buffer the step may overwrite (see
+            :func:`~timm_sage.core.saliency.compute_saliency`).
     """
     device = x.device
     in_batch = config.clean_term == "in_batch" and config.update_ratio < 1
@@ -131,7 +134,7 @@ def sage_step(
         clean, clean_grads = compute_saliency(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
-            scale=config.saliency_scale, size=config.saliency_size,
+            scale=config.saliency_scale, size=config.saliency_size, clean_buffer=clean_buffer,
         )  # fmt: skip
     perm = draws.perm.to(device, non_blocking=True)
     translations = draws.translations.to(device, non_blocking=True)
