@@ -29,6 +29,17 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
     names = {(r["suite"], r["name"]) for r in payload["rows"]}
     assert ("step", "sage update_ratio=0.7") in names
     assert ("step", "sage cheap saliency_scale=0.5 update_ratio=1") in names
+    assert ("step", "sage saliency_size=16 update_ratio=1") in names
+    assert ("step", "sage clean_term=in_batch update_ratio=0.7") in names
+    # The fixed-cost rows: every SAGE variant's step without the model's forward and backward, with the
+    # tensor operations it dispatches; the clean term (r < 1) adds a handful of kernels, not one per
+    # parameter.
+    fixed = {r["name"]: r for r in payload["rows"] if r["name"].startswith("fixed: ")}
+    assert set(fixed) == {f"fixed: {n}" for _, n in names if n.startswith("sage ")}
+    for row in fixed.values():
+        assert 0 < row["extra"]["kernel_ops"] <= row["extra"]["ops"] and row["ratio"] > 0
+    ops = {name: row["extra"]["kernel_ops"] for name, row in fixed.items()}
+    assert 0 < ops["fixed: sage update_ratio=0.7"] - ops["fixed: sage update_ratio=1"] <= 16
     assert ("mix", "saliency pass saliency_scale=0.5 update_ratio=0.7") in names
     assert any(n.startswith("sage_mix search_size=8") for _, n in names)
     assert ("mix", "torchvision v2 CutMix") in names and ("mix", "timm mixup elem") in names

@@ -32,25 +32,35 @@ class CleanGradients:
     """``(1 - r) * d l_clean / d params`` of one SAGE call, kept for the caller's backward.
 
     ``params``: the parameters that received a gradient (model order). ``flat``: their gradients in one
-    float32 buffer (zeros where the saliency pass was not finite), ``pieces``: views of it, one per
-    parameter, in its shape. ``consumed`` turns True in the first backward through a product;
-    ``products`` counts the products whose autograd graph is still alive.
+    float32 buffer (zeros where the saliency pass was not finite); :attr:`pieces`: views of it, one per
+    parameter, in its shape (made at the first backward). ``consumed`` turns True in the first backward
+    through a product; ``products`` counts the products whose autograd graph is still alive.
     """
 
     def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
         self.params = list(params)
         self.flat: torch.Tensor | None = flat
-        self.pieces: list[torch.Tensor] | None = [
-            piece.view(param.shape)
-            for param, piece in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True)
-        ]
+        self._pieces: list[torch.Tensor] | None = None
         self.consumed = False
         self.products = 0
+
+    @property
+    def pieces(self) -> list[torch.Tensor] | None:
+        """Views of :attr:`flat`, one per parameter in its shape; None once released."""
+        if self.flat is None:
+            return None
+        if self._pieces is None:
+            sizes = [p.numel() for p in self.params]
+            self._pieces = [
+                piece.view(param.shape)
+                for param, piece in zip(self.params, self.flat.split(sizes), strict=True)
+            ]
+        return self._pieces
 
     def release(self) -> torch.Tensor | None:
         """Drop the kept gradients (the mixer's next call does, once they were consumed or can no longer
         be) and hand back their buffer, which the next SAGE step may overwrite."""
-        flat, self.flat, self.pieces = self.flat, None, None
+        flat, self.flat, self._pieces = self.flat, None, None
         return flat
 
     def _product_freed(self) -> None:
@@ -124,7 +134,7 @@ def weighted_product(
     """``loss * weight`` (``loss.mul_(weight)`` with ``inplace``; weight 0-dim) whose backward adds
     ``sum(grad_output) * g_clean`` to the parameters' gradients. A plain product where no backward can
     follow (no grad mode, or a loss that needs no gradient)."""
-    if not (torch.is_grad_enabled() and loss.requires_grad and clean.pieces is not None):
+    if not (torch.is_grad_enabled() and loss.requires_grad and clean.flat is not None):
         return loss.mul_(weight) if inplace else loss * weight
     return _CleanTerm.apply(loss, weight, inplace, clean, *clean.params)
 

@@ -110,13 +110,14 @@ def kept_running_statistics(model: nn.Module | Callable) -> Iterator[None]:
     with the batch's own statistics, as in training. Copies on the device: no host read.
     """
     buffers = _running_statistics(model)
-    saved = [buffer.clone() for buffer in buffers]
+    # One fused clone and one fused copy back, not two small ops per buffer (a ResNet-50 has 159).
+    saved = torch._foreach_clone(buffers) if buffers else []
     try:
         yield
     finally:
-        with torch.no_grad():
-            for buffer, value in zip(buffers, saved, strict=True):
-                buffer.copy_(value)
+        if buffers:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)
 
 
 def _logits_of(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:

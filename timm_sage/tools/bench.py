@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
 from timm_sage import functional
@@ -182,12 +183,15 @@ def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> l
 
 
 # SAGE variants of the step suite: name -> SageConfig options. "cheap" is the saliency pass at half
-# resolution (saliency_scale=0.5), at both update ratios.
-SAGE_STEP_VARIANTS: dict[str, dict[str, float]] = {
+# resolution (saliency_scale=0.5), at both update ratios; then the levers: the saliency pass at a fixed
+# small size (saliency_size) and the clean term from unmixed images of the batch (clean_term="in_batch").
+SAGE_STEP_VARIANTS: dict[str, dict[str, float | int | str]] = {
     "sage update_ratio=1": {"update_ratio": 1.0},
     "sage update_ratio=0.7": {"update_ratio": 0.7},
     "sage cheap saliency_scale=0.5 update_ratio=1": {"update_ratio": 1.0, "saliency_scale": 0.5},
     "sage cheap saliency_scale=0.5 update_ratio=0.7": {"update_ratio": 0.7, "saliency_scale": 0.5},
+    "sage saliency_size=16 update_ratio=1": {"update_ratio": 1.0, "saliency_size": 16},
+    "sage clean_term=in_batch update_ratio=0.7": {"update_ratio": 0.7, "clean_term": "in_batch"},
 }
 
 
@@ -243,13 +247,137 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             if amp:
                 full_step = functools.partial(_autocast_call, full_step, device)
             steps[label] = full_step
+        fixed = _fixed_cost_calls(base_model, x, y, classes, device, amp)
+        steps.update(fixed)
         desc = f"bench step {label_case}"
         times = interleaved_times_ms(steps, device, repeats=repeats, warmup=warmup, desc=desc)
         medians = {label: statistics.median(values) for label, values in times.items()}
         for label, ms in medians.items():
             spread = {"min_ms": min(times[label]), "max_ms": max(times[label])}
+            if label in fixed:
+                spread.update(count_step_ops(fixed[label]))
             rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / medians["vanilla"], spread))
     return rows
+
+
+# ---- the SAGE step's fixed costs: everything but the model's forward and backward -------------------------
+_counting: list[int] = [0]  # > 0 while the replayed model runs: its own ops are not the step's
+
+
+class _ReplayedForwardBackward(torch.autograd.Function):
+    """The model's forward and backward, replayed from a recording of the same batch: forward returns the
+    recorded logits, backward the recorded gradients of its input and parameters (whatever reaches it)."""
+
+    @staticmethod
+    def forward(ctx, record: dict, inputs: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.record = record
+        _counting[0] += 1
+        try:
+            return record["logits"].clone()
+        finally:
+            _counting[0] -= 1
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        record = ctx.record
+        _counting[0] += 1
+        try:  # a copy of the input gradient: the saliency pass may scale it in place
+            return None, record["grad_input"].clone(), *record["grad_params"]
+        finally:
+            _counting[0] -= 1
+
+
+class ReplayedModel(torch.nn.Module):
+    """``model`` with its forward and backward cost removed: each input shape (and autocast state) is run
+    through the real model once, and replayed from then on (:class:`_ReplayedForwardBackward`). A SAGE
+    step through it times the step's fixed costs: the clean loss, the map's reduction and blur, the
+    search, the mix, the soft targets, the clean-gradient bookkeeping and the Python around them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self._records: dict[tuple, dict] = {}
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        key = (tuple(inputs.shape), inputs.dtype, torch.is_autocast_enabled(inputs.device.type))
+        if key not in self._records:
+            _counting[0] += 1
+            try:
+                self._records[key] = self._record(inputs)
+            finally:
+                _counting[0] -= 1
+        return _ReplayedForwardBackward.apply(self._records[key], inputs, *self.model.parameters())
+
+    def _record(self, inputs: torch.Tensor) -> dict:
+        leaf = inputs.detach().clone().requires_grad_(True)
+        params = list(self.model.parameters())
+        with torch.enable_grad():
+            logits = self.model(leaf)
+            grads = torch.autograd.grad(
+                logits.float().logsumexp(-1).mean(), [leaf, *params], allow_unused=True
+            )
+        grad_params = [
+            torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[1:], strict=True)
+        ]
+        return {"logits": logits.detach(), "grad_input": grads[0], "grad_params": grad_params}
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the tensor operations dispatched (a proxy for kernel launches), those of the replayed model
+    left out; ``kernels`` leaves out views too (no kernel runs for a view)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.kernels = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if _counting[0] == 0:
+            self.ops += 1
+            self.kernels += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_ops(call: Callable[[], object]) -> dict[str, int]:
+    """``{"ops": ..., "kernel_ops": ...}`` dispatched by one ``call()`` (after the timed runs: warm)."""
+    with _OpCounter() as counter:
+        call()
+    return {"ops": counter.ops, "kernel_ops": counter.kernels}
+
+
+def _fixed_cost_calls(
+    base_model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    classes: int,
+    device: torch.device,
+    amp: bool,
+) -> dict[str, Callable[[], None]]:
+    """For each SAGE variant, ``"fixed: <variant>"``: its step with the model's forward and backward
+    replayed (:class:`ReplayedModel`): the mixer call, then the backward share of the clean term (the
+    backward of ``zero * loss_weight``: the gradient the weight carries into the caller's backward)."""
+    from timm_sage.config import SageConfig
+    from timm_sage.core.clean import LossWeight
+
+    calls: dict[str, Callable[[], None]] = {}
+    for label, options in SAGE_STEP_VARIANTS.items():
+        replayed = ReplayedModel(copy.deepcopy(base_model))
+        mixer = SageMixup(
+            mixup_alpha=1.0, mode="sage", label_smoothing=0.0, num_classes=classes, model=replayed,
+            config=SageConfig(**options), seed=0, amp_dtype=torch.bfloat16 if amp else None,
+        )  # fmt: skip
+        zero = torch.zeros((), device=device, requires_grad=True)
+
+        def call(
+            mixer: SageMixup = mixer, replayed: ReplayedModel = replayed, zero: torch.Tensor = zero
+        ) -> None:
+            mixer(x.clone(), y)
+            if isinstance(mixer.loss_weight, LossWeight):
+                (zero * mixer.loss_weight).backward()
+                replayed.zero_grad(set_to_none=True)
+
+        calls[f"fixed: {label}"] = functools.partial(_autocast_call, call, device) if amp else call
+    return calls
 
 
 def _autocast_call(fn: Callable[[], None], device: torch.device) -> None:
