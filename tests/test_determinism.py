@@ -36,7 +36,8 @@ def _batch(seed: int, batch: int = 8, size: int = 12) -> tuple[torch.Tensor, tor
 
 
 def _mixer_run(seed: int, steps: int = 3, update_ratio: float = 1.0) -> list[tuple[torch.Tensor, ...]]:
-    """A fresh model and SageMixup(seed): per step the mixed images, targets, translations and clean grads."""
+    """A fresh model and SageMixup(seed): per step the mixed images, targets, translations and the grads of
+    the weighted loss (with update_ratio < 1 the clean term's too)."""
     model = _net()
     mixer = SageMixup(
         mode="sage",
@@ -53,6 +54,8 @@ def _mixer_run(seed: int, steps: int = 3, update_ratio: float = 1.0) -> list[tup
         model.zero_grad(set_to_none=True)
         x, y = _batch(step)
         images, target = mixer(x, y)
+        loss = torch.sum(-target * torch.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
+        loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         out.append((images, target, mixer.last.perm, mixer.last.lam, *grads))
     return out

@@ -133,6 +133,7 @@ def test_in_batch_leaves_round_one_minus_r_of_the_images_clean(ratio, batch):
     assert float(mixer.loss_weight) == 1.0 and mixer.clean_grad_weight == 0.0
 
 
+@pytest.mark.filterwarnings("ignore::timm_sage.CleanGradientLostWarning")  # draws only: no training step
 def test_in_batch_draws_are_seeded_replayable_and_leave_the_other_draws_alone():
     x, y = _batch()
 

@@ -494,3 +494,22 @@ def test_the_clean_gradient_buffer_is_reused_only_once_released() -> None:
     assert torch.equal(kept.clean.flat, values)
     (_soft_ce(model(mixed), target) * kept).backward()  # still usable
     assert kept.clean.consumed
+
+
+def test_a_weight_kept_but_never_multiplied_is_lost_after_a_few_calls() -> None:
+    """Weights kept (say, for logging) but never in a backward: after ``_WATCHED_TERMS`` calls the mixer
+    counts them lost, warns once and frees their gradients (no parameter-sized buffer held per step)."""
+    from timm_sage.mixup import _WATCHED_TERMS
+
+    model = _net()
+    mixup_fn = SageMixup(mode="sage", num_classes=NUM_CLASSES, model=model, seed=SEED, update_ratio=R)
+    kept = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(_WATCHED_TERMS + 3):
+            mixup_fn(*_batch(step))
+            kept.append(mixup_fn.loss_weight)
+            lost = [w for w in caught if issubclass(w.category, CleanGradientLostWarning)]
+            assert len(lost) == (step > _WATCHED_TERMS)
+    assert all(weight.clean.flat is None for weight in kept[:2])
+    assert all(weight.clean.flat is not None for weight in kept[-_WATCHED_TERMS:])

@@ -106,7 +106,8 @@ def _check_grad_scaler(grad_scaler: Any) -> None:
     )
 
 
-# Clean terms a mixer keeps watching (their weight or product still alive) before it lets go silently.
+# How many calls a clean term whose weight or weighted loss is still alive may wait for its backward
+# (a loop that mixes ahead of its backward) before the mixer counts it as lost and frees its gradients.
 _WATCHED_TERMS = 4
 
 
@@ -254,7 +255,8 @@ class SageMixup(Mixup):
         self.skipped_batches: int | torch.Tensor = 0
         # (weak reference to a LossWeight, its clean gradients) of recent calls, until a backward consumed
         # them or nothing can any more (see _watch_clean_terms); the warning is given once per mixer.
-        self._clean_terms: list[tuple[weakref.ref, CleanGradients]] = []
+        self._clean_terms: list[tuple[weakref.ref, CleanGradients, int]] = []  # (weight, gradients, call)
+        self._calls = 0
         self._warned_lost = False
         self._spare_buffer: torch.Tensor | None = None  # a released clean-gradient buffer, for reuse
 
@@ -322,6 +324,7 @@ class SageMixup(Mixup):
         :attr:`loss_weight` is the weight the caller's loss on the returned batch must take.
         """
         self.loss_weight = 1.0
+        self._calls += 1
         if self._clean_terms:
             self._watch_clean_terms()
         if self.mode != "sage":
@@ -388,7 +391,7 @@ class SageMixup(Mixup):
         self.skipped_batches = self.skipped_batches + (~result.mixed).long()
         self.loss_weight = result.loss_weight
         if isinstance(result.loss_weight, LossWeight):
-            self._clean_terms.append((weakref.ref(result.loss_weight), result.loss_weight.clean))
+            self._clean_terms.append((weakref.ref(result.loss_weight), result.loss_weight.clean, self._calls))
         self.last = SageMixRecord(
             "sage",
             result.lam,
@@ -405,14 +408,18 @@ class SageMixup(Mixup):
         call's step); warn (once) about any that no backward can reach any more: not consumed, its
         :attr:`loss_weight` gone (the mixer dropped its own reference before this check) and no
         weighted product alive. A term whose weight or product is still held (a loop that mixes one
-        batch ahead of its backward) is looked at again later."""
+        batch ahead of its backward) is looked at again at the next calls, up to ``_WATCHED_TERMS`` of
+        them (a weight kept for logging must not hold a parameter-sized buffer for ever)."""
         watched = []
-        for weight, clean in self._clean_terms:
-            if not clean.consumed and (weight() is not None or clean.products > 0):
-                watched.append((weight, clean))
+        for weight, clean, call in self._clean_terms:
+            alive = weight() is not None or clean.products > 0
+            if not clean.consumed and alive and self._calls - call <= _WATCHED_TERMS:
+                watched.append((weight, clean, call))
                 continue
             # Consumed, or lost: nothing can use these gradients any more; the next step reuses the buffer.
-            self._spare_buffer = clean.release()
+            buffer = clean.release()
+            if buffer is not None:
+                self._spare_buffer = buffer
             if not clean.consumed and not self._warned_lost:
                 self._warned_lost = True
                 warnings.warn(
@@ -423,7 +430,7 @@ class SageMixup(Mixup):
                     CleanGradientLostWarning,
                     stacklevel=3,
                 )
-        self._clean_terms = watched[-_WATCHED_TERMS:]
+        self._clean_terms = watched
 
     def _shaped_target(self, target: torch.Tensor, batch: int) -> torch.Tensor:
         """(B,) labels, or (B, num_classes) soft targets used as given; multi-label targets become smoothed

@@ -96,8 +96,9 @@ class _CleanTerm(torch.autograd.Function):
         clean: CleanGradients = ctx.clean
         if clean.pieces is None:
             raise RuntimeError(
-                "timm_sage: this loss_weight's clean gradients were released by a later SageMixup call; "
-                "call backward() on the weighted loss before mixing the next batch twice"
+                "timm_sage: the clean gradients of this loss_weight were released at the mixer's next call, "
+                "after a first backward had used them; run every backward through a loss weighted by it "
+                "before the mixer's next call"
             )
         clean.consumed = True
         # The product's own gradient: what reached it from the loss (scale, divisor) summed over its
@@ -143,11 +144,10 @@ class LossWeight(torch.Tensor):
     """The mixed loss's weight r (0-dim float32, on the batch's device) carrying the clean term.
 
     Multiplying a loss by it (``loss * w``, ``w * loss``, ``torch.mul``, ``Tensor.mul``, ``loss *= w``,
-    ``loss.mul_(w)``)
-    returns a plain tensor whose backward also adds ``(1 - r) * d l_clean / d params``, scaled by the
-    gradient that reaches the product. Any other use (``float(w)``, ``w.item()``, ``w + 1``) is that of a
-    plain 0-dim tensor, with plain results. The clean gradients are released at the mixer's next call
-    once a backward consumed them.
+    ``loss.mul_(w)``) returns a plain tensor whose backward also adds ``(1 - r) * d l_clean / d params``,
+    scaled by the gradient that reaches the product. Any other use (``float(w)``, ``w.item()``,
+    ``w + 1``) is that of a plain 0-dim tensor, with plain results. The clean gradients are released at
+    the mixer's next call once a backward consumed them.
     """
 
     clean: CleanGradients
