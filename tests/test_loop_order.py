@@ -280,13 +280,16 @@ def test_grad_scaler_with_float16_autocast_gives_the_reference_weights() -> None
 
 
 def test_steps_without_sage_add_no_stale_clean_term() -> None:
-    """``prob < 1`` and CutMix: the steps that do not run SAGE train on their own batch alone, with a plain
-    ``loss_weight`` of 1, even right after a SAGE step whose term the loop consumed."""
+    """Steps that do not run SAGE, an unmixed batch (``prob`` 0 for that step) and a CutMix batch
+    (``switch_prob`` 1), each right after a SAGE step whose term the loop consumed: they train on their
+    own batch alone, with a plain ``loss_weight`` of 1."""
     model = _net()
     optimizer = _optimizer(model)
-    mixup_fn = RecordingMixer(model, seed=5, prob=0.8, cutmix_alpha=1.0, switch_prob=0.5)
+    mixup_fn = RecordingMixer(model, cutmix_alpha=1.0)
+    schedule = [("sage", 1.0, 0.0), ("none", 0.0, 0.0), ("sage", 1.0, 0.0), ("cutmix", 1.0, 1.0)]
     weights = []
-    for step in range(4):
+    for step, (_, prob, switch_prob) in enumerate(schedule):
+        mixup_fn.mixer.mix_prob, mixup_fn.mixer.switch_prob = prob, switch_prob
         x, y = _batch(step)
         mixed, target = mixup_fn(x, y)
         weights.append(mixup_fn.loss_weight)
@@ -294,11 +297,10 @@ def test_steps_without_sage_add_no_stale_clean_term() -> None:
         (_soft_ce(model(mixed), target) * mixup_fn.loss_weight).backward()
         optimizer.step()
     methods = [record.method for record in mixup_fn.records]
-    assert methods == ["sage", "none", "sage", "cutmix"], methods
+    assert methods == [method for method, _, _ in schedule]
     for method, weight in zip(methods, weights, strict=True):
-        assert isinstance(weight, LossWeight) == (method == "sage") and float(weight) == (
-            R if method == "sage" else 1
-        )
+        assert isinstance(weight, LossWeight) == (method == "sage")
+        assert float(weight) == (R if method == "sage" else 1.0)
     _assert_same_weights(model, _reference([[record] for record in mixup_fn.records]))
 
 
