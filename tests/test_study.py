@@ -122,27 +122,34 @@ def test_measured_epoch_seconds_replace_the_runs_own_timing(tmp_path):
     assert "| sage | 2.00x |" in study.budget_table(results, "vanilla")
 
 
-def test_time_epochs_runs_each_config_briefly(tmp_path, monkeypatch):
+def test_time_epochs_takes_the_configs_in_turn_in_one_process(tmp_path, monkeypatch):
+    import time
+
+    import timm_sage.train.session as session
+
+    clock = {"now": 0.0}
     calls = []
 
-    def fake_run(command, check, stdout):
-        calls.append(command)
-        folder = Path(command[command.index("--output") + 1]) / command[command.index("--experiment") + 1]
-        folder.mkdir(parents=True)
-        # the first pass finds the machine slow, the second (reverse order) fast
-        slow = sum(1 for c in calls if c[c.index("--experiment") + 1] == folder.name) == 1
-        times = ([5.0, 1.0, 1.5] if "a" in folder.name else [5.0, 2.0, 2.0]) if slow else [5.0, 0.5, 0.5]
-        lines = [json.dumps({"epoch": i + 1, "epoch_time": t}) for i, t in enumerate(times)]
-        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    class FakeTrainer:
+        def __init__(self, cfg, progress):
+            self.name = cfg.experiment
+            assert not progress and cfg.epochs >= 4
 
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
-    configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
-    seconds = study.time_epochs(configs, 3, tmp_path / "out", [])
-    # each config's median over both passes, warm-up epochs left out: a [1.0, 1.5, 0.5, 0.5], b [2, 2, .5, .5]
-    assert seconds == {"a": 0.75, "b": 1.25}
-    names = [c[c.index("--experiment") + 1] for c in calls]
-    assert names == ["a", "b", "b", "a"]  # in order, then in reverse order
-    assert all("--epochs" in c and c[c.index("--epochs") + 1] == "3" for c in calls)
+        def _train_epoch(self, epoch, steps, stop):
+            calls.append((self.name, epoch))
+            # a machine that slows down as the pass goes on: +0.1 s per epoch trained so far
+            clock["now"] += {"a": 1.0, "b": 2.0}[self.name] + 0.1 * len(calls)
+
+    monkeypatch.setattr(session, "Trainer", FakeTrainer)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    configs = []
+    for name in ("a", "b"):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text("epochs: 2\n")
+    seconds = study.time_epochs(configs, 4, tmp_path / "out", [])
+    # rounds: warm-up a b (untimed), then b a, a b, b a; call n costs base + 0.1 n
+    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
+    assert seconds["a"] == pytest.approx(1.0 + 0.1 * 5) and seconds["b"] == pytest.approx(2.0 + 0.1 * 6)
     with pytest.raises(ValueError, match="time-epochs"):
         study.time_epochs(configs, 1, tmp_path / "out", [])
 

@@ -299,8 +299,7 @@ def trained_budget_table(
         + "test top-1 mean | std | seeds (test top-1) |",
         "|---|---:|---:|" + ("---:|" if with_val else "") + "---:|---:|---|",
     ]
-    for method, runs in full.items():
-        runs = shortened.get(method, runs)
+    for method, runs in trained_results(full, shortened).items():
         test, spread = _mean_std([r["final_top1"] for r in runs])
         epochs = statistics.mean(r["epochs"] for r in runs)
         val_cell = f"{statistics.mean(r['final_val_top1'] for r in runs):.2f} | " if with_val else ""
@@ -312,6 +311,11 @@ def trained_budget_table(
             f"| {spread:.2f} | {seeds} |"
         )
     return "\n".join(lines)
+
+
+def trained_results(full: dict[str, list[dict]], shortened: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The runs a user with the reference's budget gets: the shortened runs where a method has them."""
+    return {method: shortened.get(method, runs) for method, runs in full.items()}
 
 
 def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST") -> None:
@@ -344,32 +348,39 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
 
 
 def time_epochs(configs: list[Path], epochs: int, output: Path, extra: list[str]) -> dict[str, float]:
-    """Seconds per training epoch of each config, measured in fresh runs of ``epochs`` epochs: the
-    configs run back to back in their order, then again in reverse order, and each config's figure is
-    the median of its epoch times after the first epoch of each run. The two orders cancel a machine
-    that speeds up or slows down during the pass (measured on this project's box: the first config of a
-    single pass came out 20 % slow). Timings of the study's own runs are only comparable when nothing
-    else shared the machine while they ran; these are, when this pass runs alone.
-    Returns ``{config stem: seconds}``; the runs go to ``output/_timing`` and are replaced each time."""
+    """Seconds per training epoch of each config, measured in one process with the configs taken in
+    turn: every config is built once and trains one warm-up epoch, then ``epochs - 1`` rounds in which
+    each config trains one epoch, the order reversed every other round; each config's figure is the
+    median of its timed epochs. Taking the configs in turn, epoch by epoch, makes a machine that speeds
+    up or slows down (other work on a shared box) shift them alike, which separate runs back to back do
+    not (measured on this project's 2-core box: a vanilla epoch 1.6 s in one run and 4.4 s in another).
+    Returns ``{config stem: seconds}``; nothing is written under ``output`` but the timing runs' folders
+    (``output/_timing``), replaced each time."""
+    import time
+
+    from timm_sage.train.config import load_config
+    from timm_sage.train.session import Trainer
+
     if epochs < 2:
         raise ValueError(f"--time-epochs must be >= 2 (the first epoch is warm-up), got {epochs}")
-    times: dict[str, list[float]] = {config.stem: [] for config in configs}
-    for order in (configs, configs[::-1]):
-        for config in order:
-            folder = output / "_timing" / config.stem
-            if folder.exists():
-                shutil.rmtree(folder)
-            command = [
-                sys.executable, "-m", "timm_sage.tools.cli", "train", "--config", str(config),
-                "--epochs", str(epochs), "--output", str(folder.parent), "--experiment", config.stem,
-                "--eval_interval", str(epochs),
-                "--eval_train", "false", "--no-progress", *extra,
-            ]  # fmt: skip
-            print(f"[study] timing {config.stem}: {epochs} epochs", flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            lines = (folder / "metrics.jsonl").read_text().splitlines()
-            rows = [json.loads(line) for line in lines if line]
-            times[config.stem] += [float(row["epoch_time"]) for row in rows[1:]]
+    trainers = {}
+    for config in configs:
+        folder = output / "_timing" / config.stem
+        if folder.exists():
+            shutil.rmtree(folder)
+        cfg = load_config(config, [*extra, "--output", str(folder.parent), "--experiment", config.stem])
+        cfg.epochs = max(cfg.epochs, epochs)
+        trainers[config.stem] = Trainer(cfg, progress=False)
+    times: dict[str, list[float]] = {stem: [] for stem in trainers}
+    order = list(trainers)
+    for epoch in range(epochs):
+        print(f"[study] timing round {epoch + 1}/{epochs}" + (" (warm-up)" if epoch == 0 else ""), flush=True)
+        for stem in order if epoch % 2 == 0 else order[::-1]:
+            trainer = trainers[stem]
+            start = time.perf_counter()
+            trainer._train_epoch(epoch, 0, None)
+            if epoch > 0:
+                times[stem].append(time.perf_counter() - start)
     return {stem: statistics.median(values) for stem, values in times.items()}
 
 
@@ -401,8 +412,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="measure each config's seconds per epoch in fresh N-epoch runs, back to back, and use them for "
-        "the wall-clock view (instead of the study runs' own epoch times)",
+        help="measure each config's seconds per epoch in one process, the configs taken in turn for N epochs "
+        "(the first a warm-up), and use them for the wall-clock view and the --equal-time plan (instead of "
+        "the study runs' own epoch times)",
     )
     parser.add_argument(
         "--budget-reference",
@@ -462,6 +474,7 @@ def _budget_plan(
         raise ValueError(f"--budget-reference {args.budget_reference!r} has no finished runs to time")
     epochs = load_config(next(c for c in args.configs if c.stem == reference)).epochs
     plan = {
+        "timed": epoch_seconds is not None,
         "reference": reference,
         "reference_epochs": epochs,
         "seconds": seconds,
@@ -471,23 +484,33 @@ def _budget_plan(
     return plan
 
 
+def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, float] | None:
+    """--time-epochs: the configs' seconds per epoch, measured once and kept in
+    ``output/_timing/epoch_seconds.json`` (measured again with --replan or when a config is missing)."""
+    if args.time_epochs is None:
+        return None
+    from timm_sage._atomic import atomic_write_text
+
+    path = args.output / "_timing" / "epoch_seconds.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if args.replan or any(c.stem not in stored for c in args.configs):
+        stored |= time_epochs(args.configs, args.time_epochs, args.output, extra)
+        atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
+    seconds = {c.stem: stored[c.stem] for c in args.configs}
+    print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return seconds
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     extra = override_flags(args.set)
     if not args.report_only:
         run_study(args.configs, args.seeds, args.output, extra)
-    epoch_seconds = None
-    if args.time_epochs is not None:
-        epoch_seconds = time_epochs(args.configs, args.time_epochs, args.output, extra)
-        print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in epoch_seconds.items()))
-    results = collect(folders, epoch_seconds, metric=args.select_on)
-    if not results:
-        raise ValueError(f"no finished runs under {args.output}")
-    body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
-    chosen = selection(results) if args.select_on == "val" else ""
-    if chosen:
-        body += "\n\n" + chosen
-    if args.budget_reference in results and args.equal_time:
+    epoch_seconds = _epoch_seconds(args, extra)
+    names = method_names([c.stem for c in args.configs])
+    shortened: dict[str, list[dict]] = {}
+    plan = None
+    if args.equal_time:
         plan = _budget_plan(args, folders, epoch_seconds)
         shortened_configs = [c for c in args.configs if c.stem in plan["epochs"]]
         if not args.report_only:
@@ -495,19 +518,33 @@ def run(args: argparse.Namespace) -> int:
         budget_folders = [
             args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
         ]
-        names = method_names([c.stem for c in args.configs])
-        shortened = collect(budget_folders, names=names)
+        shortened = collect(budget_folders, names=names, metric=args.select_on)
+    results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
+    if not results:
+        raise ValueError(f"no finished runs under {args.output}")
+    body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
+    chosen = selection(results) if args.select_on == "val" else ""
+    if chosen:
+        body += "\n\n" + chosen
+    if plan is not None and args.budget_reference in results:
         reference_seconds = plan["seconds"][plan["reference"]]
         costs = {
             names[stem]: sec / reference_seconds for stem, sec in plan["seconds"].items() if stem in names
         }
         body += (
             f"\n\n**Equal wall-clock, schedules trained to completion** (budget: {plan['reference_epochs']} "
-            f"epochs of {args.budget_reference}; seconds per epoch from "
-            + ("fresh timing runs" if epoch_seconds else "the study's own runs")
+            f"epochs of {args.budget_reference}; seconds per epoch "
+            + (
+                "measured with the configs taken in turn"
+                if plan.get("timed")
+                else "from the study's own runs"
+            )
             + ")\n\n"
             + trained_budget_table(results, shortened, costs, args.budget_reference)
         )
+        chosen = selection(trained_results(results, shortened)) if args.select_on == "val" else ""
+        if chosen:
+            body += "\n\nAt equal wall-clock: " + chosen
     elif args.budget_reference in results:
         body += "\n\n**Equal wall-clock**\n\n" + budget_table(results, args.budget_reference)
     print(body)
