@@ -27,6 +27,7 @@ from timm_sage.config import SageConfig, option_infos
 __all__ = [
     "DEFAULT_ONLY",
     "NEUTRAL",
+    "SAGE_SEED_DEFAULT",
     "SUPPORTED",
     "TrainConfig",
     "load_config",
@@ -132,6 +133,9 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
 SUPPORTED.update(
     {f"sage_{info.name}": (info.kind.__name__, info.default) for info in option_infos()}
 )  # the names of timm_sage.plugin's and the launcher's --sage-* flags
+
+# The default of sage_seed here (the plugin's differs: timm_sage.plugin.SEED_DEFAULT).
+SAGE_SEED_DEFAULT = "the config's seed"
 
 NEUTRAL = frozenset(
     {
