@@ -89,7 +89,8 @@ def _training_table(config: type | None) -> str:
 
 def _algorithm_table(config: type | None) -> str:
     rows = [
-        "| option (`SageConfig` field) | YAML key | meaning | in the paper | reference code | default, and why |",
+        "| option (`SageConfig` field) | YAML key | meaning | in the paper | reference code "
+        "| default, and why |",
         "|---|---|---|---|---|---|",
     ]
     for info in option_infos(config):
@@ -99,8 +100,9 @@ def _algorithm_table(config: type | None) -> str:
             else "the reference code's" + (f" (recipes: {info.recipes})" if info.recipes else "")
         )
         rows.append(
-            f"| `{info.name}` | `sage_{info.name}` | {_meaning(info)} | {_cell(info.paper or 'not in the paper')} "
-            f"| {_cell(info.reference or '')} | {_default_cell(info, python=True)}, {_cell(why)} |"
+            f"| `{info.name}` | `sage_{info.name}` | {_meaning(info)} "
+            f"| {_cell(info.paper or 'not in the paper')} | {_cell(info.reference or '')} "
+            f"| {_default_cell(info, python=True)}, {_cell(why)} |"
         )
     return "\n".join(rows)
 
@@ -118,7 +120,8 @@ def _signature_rows(
             continue
         if name in by_name:
             continue  # listed with the SageConfig fields below
-        default = "required" if parameter.default is inspect.Parameter.empty else f"`{python_default(parameter.default)}`"
+        default = parameter.default
+        default = "required" if default is inspect.Parameter.empty else f"`{python_default(default)}`"
         rows.append(f"| `{name}` | {_cell(own[name])} | {default} |")
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     for info in infos:
@@ -139,7 +142,7 @@ def _torchvision_table(config: type | None) -> str:
         "alpha": "Beta parameter of the prior, `prior = Beta(alpha, alpha) * upper_lambda`",
         "num_classes": "number of classes; required with integer labels",
         "labels_getter": "where the labels are in the sample (as `v2.MixUp`)",
-        "saliency_getter": "where the maps are in the sample: the third element or a `\"saliency\"` key",
+        "saliency_getter": 'where the maps are in the sample: the third element or a `"saliency"` key',
         "model": "the live model whose saliency drives the mix (or `.bind(model)`); without it, maps come "
         "with the batch",
         "seed": "seed of every random draw",
