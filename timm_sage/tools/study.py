@@ -296,6 +296,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write."""
+    return args.report, args.section
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     if not args.report_only:
