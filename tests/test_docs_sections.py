@@ -182,3 +182,40 @@ def test_the_cifar_configs_name_their_row_of_the_papers_table():
             values = (cfg["sage_upper_lambda"], cfg["sage_update_ratio"])
             assert values == PAPER_RECIPES[(dataset, net)], path.name
             assert f"upper_lambda {values[0]}, update_ratio {values[1]}" in first, path.name
+
+
+# ---------------------------------------------------------------------------------------------- links
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {_slug(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+def test_the_slug_rule():
+    assert _slug("## `update_ratio < 1` in your own loop: the order of `zero_grad`".lstrip("# ")) == (
+        "update_ratio--1-in-your-own-loop-the-order-of-zero_grad"
+    )
+    assert _slug("Data-scarce Fashion-MNIST study: the over-fitting regime (CPU)") == (
+        "data-scarce-fashion-mnist-study-the-over-fitting-regime-cpu"
+    )
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_to_a_page_of_the_docs_finds_its_page_and_heading(page):
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists():
+            broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            broken.append(target)
+    assert broken == [], f"{page.relative_to(ROOT)}: broken links {broken}"
