@@ -3,7 +3,7 @@
 # `bench step` on CUDA (PreActResNet18 32px B=100 and timm resnet50 224px B=64, bf16 autocast,
 # channels_last; exact and cheap saliency), writing JSON and the Markdown section of docs/benchmarks.md.
 # It uses the machine's own torch, timm and the rest where present and installs only what is missing.
-#   Usage: .ci/gpu_check.sh [OUTDIR]      (make gpu-check; on the lent machine: OUTDIR=$OUT)
+#   Usage: .ci/gpu_check.sh [OUTDIR]      (make gpu-check; OUTDIR: where the results go)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-${OUT:-output/gpu}}"

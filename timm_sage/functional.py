@@ -1,8 +1,8 @@
 """Public pure-tensor API of SAGE: saliency, candidate translations, mixing and soft targets.
 
-The contract is SAGE.md (saliency-guided mixup with optimal rearrangements). Every function is
-device-agnostic and batched; none keeps state or draws random numbers except
-:func:`sample_translations`, which takes an explicit ``torch.Generator``.
+The algorithm is SAGE (saliency-guided mixup with optimal rearrangements, Ma et al., BMVC 2022), as
+docs/algorithm.md states it. Every function is device-agnostic and batched; none keeps state or draws
+random numbers except :func:`sample_translations`, which takes an explicit ``torch.Generator``.
 """
 
 from __future__ import annotations

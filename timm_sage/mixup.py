@@ -97,7 +97,7 @@ def _scale_function(grad_scaler: Any) -> Callable[[torch.Tensor], torch.Tensor] 
 
 
 class SageMixup(Mixup):
-    """Drop-in for ``timm.data.Mixup`` with ``mode="sage"`` (SAGE.md).
+    """Drop-in for ``timm.data.Mixup`` with ``mode="sage"`` (docs/algorithm.md).
 
     timm's arguments keep their names, defaults and meaning. In ``"sage"`` mode SAGE takes the place of
     mixup (``mixup_alpha`` is the Beta parameter of the prior); with ``cutmix_alpha > 0`` too,

@@ -65,11 +65,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from timm_sage.config import SageConfig, option_infos
+from timm_sage.config import SEED_HELP, SageConfig, option_help, option_infos
 from timm_sage.mixup import SageMixup
 
 __all__ = [
     "SAGE_OPTIONS",
+    "SEED_DEFAULT",
     "DeferredSageCollate",
     "DeviceMixLoader",
     "PluginSageMixup",
@@ -83,12 +84,15 @@ _logger = logging.getLogger(__name__)
 
 STATE_KEY = "__timm_sage_plugin__"
 
+# The default of sage_seed here: train.py seeds torch with its --seed plus the rank before main() mixes.
+SEED_DEFAULT = "torch.initial_seed(), which train.py sets to its seed + rank"
+
 # option name (SageMixup keyword) -> (argparse type, choices, help); on args as ``sage_<name>``.
-# Every SageConfig option (its help and default), plus the mixer's seed.
+# Every SageConfig option (its meaning, default and where the default comes from), plus the mixer's seed.
 SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]] = {
-    info.name: (info.kind, info.choices, f"{info.help} (default {info.default})") for info in option_infos()
+    info.name: (info.kind, info.choices, option_help(info)) for info in option_infos()
 }
-SAGE_OPTIONS["seed"] = (int, None, "seed of SAGE's random draws (default: torch.initial_seed())")
+SAGE_OPTIONS["seed"] = (int, None, f"{SEED_HELP} (default {SEED_DEFAULT})")
 
 _current: PluginState | None = None
 

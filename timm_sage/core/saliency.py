@@ -1,5 +1,5 @@
-"""Saliency of the live model (SAGE.md section 1): one forward/backward on the clean batch, the input
-gradient reduced over channels and smoothed. Public through :mod:`timm_sage.functional`."""
+"""Saliency of the live model (docs/algorithm.md section 1): one forward/backward on the clean batch,
+the input gradient reduced over channels and smoothed. Public through :mod:`timm_sage.functional`."""
 
 from __future__ import annotations
 
@@ -193,7 +193,7 @@ def saliency_pass(
     The model runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast the
     caller is in. With ``param_grad_weight == 0`` only the input gradient is computed, so no
     parameter's ``.grad`` is touched and no weight gradient is paid for. With ``param_grad_weight = w > 0``
-    the same backward also accumulates ``w * d(loss)/d(param)`` into ``.grad`` (SAGE.md section 5).
+    the same backward also accumulates ``w * d(loss)/d(param)`` into ``.grad`` (docs/algorithm.md section 5).
 
     Args:
         model: callable mapping (B, C, H, W) to logits (B, num_classes).

@@ -113,7 +113,7 @@ def translation_scores(
     chunk_elements: int | None = None,
     kernel: str | None = None,
 ) -> torch.Tensor:
-    """Score ``v(tau)`` of every candidate translation for every image (SAGE.md section 3).
+    """Score ``v(tau)`` of every candidate translation for every image (docs/algorithm.md section 3).
 
     ``v(tau) = sum[s0 * M + t * (1 - M)]`` with ``t`` the partner map shifted by ``tau`` and
     ``M = s0 / max(s0 + t, 1e-16)``, computed as ``sum(s0) + sum(t * (t - s0) / max(s0 + t, 1e-16))``

@@ -3,7 +3,7 @@
 Every entry point that mixes with a live model (``SageMixup`` in a user's loop, the timm ``train.py``
 plugin, ``timm-sage train``) runs this function, so an option means the same thing everywhere.
 
-The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (SAGE.md section 5, ``r`` =
+The loss SAGE trains with is ``(1 - r) * l_clean + r * l_mixed`` (docs/algorithm.md section 5, ``r`` =
 ``update_ratio``). With ``clean_term="separate_pass"`` (the reference's) the step adds
 ``(1 - r) * d l_clean / d params`` to ``.grad`` in the saliency pass's own backward, and returns
 ``loss_weight = r``: the caller multiplies its mixed-batch loss by it. With ``clean_term="in_batch"`` the

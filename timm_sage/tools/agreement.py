@@ -19,7 +19,7 @@ from timm_sage.config import SageConfig
 from timm_sage.mixup import SageMixup
 from timm_sage.tools.report import write_between_markers
 
-__all__ = ["add_arguments", "label_agreement", "run"]
+__all__ = ["add_arguments", "label_agreement", "report_target", "run"]
 
 SECTION = "agreement"
 METHODS = ("sage", "mixup", "cutmix")
@@ -284,6 +284,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write."""
+    return args.report, SECTION
+
+
 def run(args: argparse.Namespace) -> int:
     from timm_sage.models.checkpoint import build_model
     from timm_sage.train.config import load_config
@@ -365,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         command = (
             f"timm-sage agreement --judge {args.judge} --saliency {args.saliency} --config {args.config} "
-            f"--images {args.images} --seed {args.seed}"
+            f"--images {args.images} --seed {args.seed} --report {args.report}"
         )
         write_between_markers(args.report, f"Command: `{command}`\n\n{body}", args.section)
     return 0

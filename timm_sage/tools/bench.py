@@ -445,6 +445,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write: ``--section``, or
+    ``bench-<suites>[-<device type>][-<N>-threads]``."""
+    device_type = "cpu" if args.device == "cpu" else "cuda"
+    section = args.section or (
+        "bench-"
+        + "-".join(args.suites)
+        + ("-" + device_type if device_type != "cpu" else "")
+        + (f"-{args.threads}-threads" if args.threads is not None else "")
+    )
+    return args.report, section
+
+
+def report_command(args: argparse.Namespace) -> str:
+    """The command line that writes this report section again (recorded at the head of the section)."""
+    command = "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
+    command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
+    command += f" --threads {args.threads}" if args.threads is not None else ""
+    command += f" --plot-dir {args.plot_dir}" if args.plot_dir is not None and "scale" in args.suites else ""
+    command += f" --report {args.report}" if args.report is not None else ""
+    command += f" --section {args.section}" if args.section else ""
+    return command
+
+
 def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -481,19 +505,8 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, rows, meta)
         print(f"wrote {args.json}")
     if args.report is not None:
-        command = (
-            "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
-        )
-        command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
-        section = args.section or (
-            "bench-"
-            + "-".join(args.suites)
-            + ("-" + device.type if device.type != "cpu" else "")
-            + (f"-{args.threads}-threads" if args.threads is not None else "")
-        )
-        command += f" --threads {args.threads}" if args.threads is not None else ""
-        command += f" --section {args.section}" if args.section else ""
-        body = f"Command: `{command}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
-        write_between_markers(args.report, body, section)
-        print(f"wrote section {section} of {args.report}")
+        report, section = report_target(args)
+        body = f"Command: `{report_command(args)}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
+        write_between_markers(report, body, section)
+        print(f"wrote section {section} of {report}")
     return 0 if all(math.isfinite(r.value) for r in rows) else 1

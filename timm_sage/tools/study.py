@@ -501,6 +501,11 @@ def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, floa
     return seconds
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write."""
+    return args.report, args.section
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     extra = override_flags(args.set)
