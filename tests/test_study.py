@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from timm_sage.tools import study
 
@@ -122,7 +123,7 @@ def test_measured_epoch_seconds_replace_the_runs_own_timing(tmp_path):
     assert "| sage | 2.00x |" in study.budget_table(results, "vanilla")
 
 
-def test_time_epochs_takes_the_configs_in_turn_in_one_process(tmp_path, monkeypatch):
+def test_time_epochs_takes_the_configs_in_turn_step_by_step(tmp_path, monkeypatch):
     import time
 
     import timm_sage.train.session as session
@@ -130,14 +131,27 @@ def test_time_epochs_takes_the_configs_in_turn_in_one_process(tmp_path, monkeypa
     clock = {"now": 0.0}
     calls = []
 
+    class FakeLoader:
+        def __init__(self, steps):
+            self.steps = steps
+
+        def __len__(self):
+            return self.steps
+
+        def batches(self, epoch):
+            for index in range(self.steps):
+                yield (epoch, index), None
+
     class FakeTrainer:
         def __init__(self, cfg, progress):
             self.name = cfg.experiment
-            assert not progress and cfg.epochs >= 4
+            self.model = torch.nn.Linear(1, 1)
+            self.train_loader = FakeLoader({"a": 3, "b": 5}[self.name])
+            assert not progress
 
-        def _train_epoch(self, epoch, steps, stop):
-            calls.append((self.name, epoch))
-            # a machine that slows down as the pass goes on: +0.1 s per epoch trained so far
+        def train_one_step(self, x, y):
+            calls.append((self.name, x))
+            # a machine that slows down as the pass goes on: +0.1 s per step trained so far
             clock["now"] += {"a": 1.0, "b": 2.0}[self.name] + 0.1 * len(calls)
 
     monkeypatch.setattr(session, "Trainer", FakeTrainer)
@@ -146,12 +160,16 @@ def test_time_epochs_takes_the_configs_in_turn_in_one_process(tmp_path, monkeypa
     for name in ("a", "b"):
         configs.append(tmp_path / f"{name}.yaml")
         configs[-1].write_text("epochs: 2\n")
-    seconds = study.time_epochs(configs, 4, tmp_path / "out", [])
-    # rounds: warm-up a b (untimed), then b a, a b, b a; call n costs base + 0.1 n
-    assert calls == [("a", 0), ("b", 0), ("b", 1), ("a", 1), ("a", 2), ("b", 2), ("b", 3), ("a", 3)]
-    assert seconds["a"] == pytest.approx(1.0 + 0.1 * 5) and seconds["b"] == pytest.approx(2.0 + 0.1 * 6)
-    with pytest.raises(ValueError, match="time-epochs"):
-        study.time_epochs(configs, 1, tmp_path / "out", [])
+    seconds = study.time_epochs(configs, 3, tmp_path / "out", [])
+    # two warm-up rounds (a b, b a), then a b, b a, a b: calls 5..10; a's steps are calls 5, 8, 9
+    order = [name for name, _ in calls]
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    # a walks through its epoch's batches and on into the next epoch (3 batches per epoch)
+    assert [x for name, x in calls if name == "a"] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    # median step: a (1.5, 1.8, 1.9) -> 1.8 x 3 steps per epoch; b (2.6, 2.7, 3.0) -> 2.7 x 5
+    assert seconds["a"] == pytest.approx(1.8 * 3) and seconds["b"] == pytest.approx(2.7 * 5)
+    with pytest.raises(ValueError, match="time-steps"):
+        study.time_epochs(configs, 2, tmp_path / "out", [])
 
 
 def _fake_val_run(root, stem, seed, val, test, epochs=4, epoch_time=1.0):

@@ -9,6 +9,7 @@ PNG of test accuracy per epoch, written between markers into a Markdown file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -347,41 +348,51 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
     plt.close(figure)
 
 
-def time_epochs(configs: list[Path], epochs: int, output: Path, extra: list[str]) -> dict[str, float]:
+def _endless_batches(loader):
+    """The loader's training batches, epoch after epoch."""
+    for epoch in itertools.count():
+        yield from loader.batches(epoch)
+
+
+def time_epochs(configs: list[Path], rounds: int, output: Path, extra: list[str]) -> dict[str, float]:
     """Seconds per training epoch of each config, measured in one process with the configs taken in
-    turn: every config is built once and trains one warm-up epoch, then ``epochs - 1`` rounds in which
-    each config trains one epoch, the order reversed every other round; each config's figure is the
-    median of its timed epochs. Taking the configs in turn, epoch by epoch, makes a machine that speeds
-    up or slows down (other work on a shared box) shift them alike, which separate runs back to back do
-    not (measured on this project's 2-core box: a vanilla epoch 1.6 s in one run and 4.4 s in another).
-    Returns ``{config stem: seconds}``; nothing is written under ``output`` but the timing runs' folders
-    (``output/_timing``), replaced each time."""
+    turn, step by step: every config is built once and trains two warm-up steps, then ``rounds`` rounds
+    in which each config trains one step on its next batch, the order reversed every other round. A
+    config's figure is the median of its step times times its steps per epoch (evaluation excluded).
+    Taking the configs in turn at the grain of one step makes a machine that speeds up or slows down
+    (other work on a shared box) shift them alike, which separate runs do not (measured on this
+    project's 2-core box: one vanilla scenes run 1.6 s per epoch, another 4.4 s).
+    Returns ``{config stem: seconds}``; the trainers write nothing but their folders under
+    ``output/_timing``, replaced each time."""
     import time
 
     from timm_sage.train.config import load_config
     from timm_sage.train.session import Trainer
 
-    if epochs < 2:
-        raise ValueError(f"--time-epochs must be >= 2 (the first epoch is warm-up), got {epochs}")
-    trainers = {}
+    if rounds < 3:
+        raise ValueError(f"--time-steps must be >= 3, got {rounds}")
+    trainers, batches = {}, {}
     for config in configs:
         folder = output / "_timing" / config.stem
         if folder.exists():
             shutil.rmtree(folder)
         cfg = load_config(config, [*extra, "--output", str(folder.parent), "--experiment", config.stem])
-        cfg.epochs = max(cfg.epochs, epochs)
-        trainers[config.stem] = Trainer(cfg, progress=False)
+        trainer = Trainer(cfg, progress=False)
+        trainer.model.train()
+        trainers[config.stem] = trainer
+        batches[config.stem] = _endless_batches(trainer.train_loader)
     times: dict[str, list[float]] = {stem: [] for stem in trainers}
     order = list(trainers)
-    for epoch in range(epochs):
-        print(f"[study] timing round {epoch + 1}/{epochs}" + (" (warm-up)" if epoch == 0 else ""), flush=True)
-        for stem in order if epoch % 2 == 0 else order[::-1]:
-            trainer = trainers[stem]
+    for step in range(rounds + 2):
+        for stem in order if step % 2 == 0 else order[::-1]:
+            x, y = next(batches[stem])
             start = time.perf_counter()
-            trainer._train_epoch(epoch, 0, None)
-            if epoch > 0:
+            trainers[stem].train_one_step(x, y)
+            if step >= 2:  # two warm-up steps
                 times[stem].append(time.perf_counter() - start)
-    return {stem: statistics.median(values) for stem, values in times.items()}
+    return {
+        stem: statistics.median(values) * len(trainers[stem].train_loader) for stem, values in times.items()
+    }
 
 
 def override_flags(assignments: list[str]) -> list[str]:
@@ -408,13 +419,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", default="Fashion-MNIST", help="title of the figure's panels")
     parser.add_argument(
-        "--time-epochs",
+        "--time-steps",
         type=int,
         default=None,
         metavar="N",
-        help="measure each config's seconds per epoch in one process, the configs taken in turn for N epochs "
-        "(the first a warm-up), and use them for the wall-clock view and the --equal-time plan (instead of "
-        "the study runs' own epoch times)",
+        help="measure each config's seconds per epoch in one process, the configs taken in turn step by step "
+        "for N rounds, and use them for the wall-clock view and the --equal-time plan (instead of the "
+        "study runs' own epoch times)",
     )
     parser.add_argument(
         "--budget-reference",
@@ -485,16 +496,16 @@ def _budget_plan(
 
 
 def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, float] | None:
-    """--time-epochs: the configs' seconds per epoch, measured once and kept in
+    """--time-steps: the configs' seconds per epoch, measured once and kept in
     ``output/_timing/epoch_seconds.json`` (measured again with --replan or when a config is missing)."""
-    if args.time_epochs is None:
+    if args.time_steps is None:
         return None
     from timm_sage._atomic import atomic_write_text
 
     path = args.output / "_timing" / "epoch_seconds.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
     if args.replan or any(c.stem not in stored for c in args.configs):
-        stored |= time_epochs(args.configs, args.time_epochs, args.output, extra)
+        stored |= time_epochs(args.configs, args.time_steps, args.output, extra)
         atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
     seconds = {c.stem: stored[c.stem] for c in args.configs}
     print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
