@@ -286,7 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
     """The Markdown file and the section that ``args`` (with ``--report``) write."""
-    return args.report, SECTION
+    return args.report, args.section
 
 
 def run(args: argparse.Namespace) -> int:
@@ -371,6 +371,7 @@ def run(args: argparse.Namespace) -> int:
         command = (
             f"timm-sage agreement --judge {args.judge} --saliency {args.saliency} --config {args.config} "
             f"--images {args.images} --seed {args.seed} --report {args.report}"
+            + (f" --section {args.section}" if args.section != SECTION else "")
         )
         write_between_markers(args.report, f"Command: `{command}`\n\n{body}", args.section)
     return 0
