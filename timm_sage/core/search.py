@@ -221,6 +221,42 @@ def pool_maps(maps: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(maps[:, None], factor, factor, ceil_mode=True, divisor_override=1)[:, 0]
 
 
+def pooled_shifts(translations: torch.Tensor, height: int, width: int, factor: int) -> torch.Tensor:
+    """Each candidate's nearest shift on the grid sum-pooled by ``factor``: (K, 2) long, on the
+    candidates' device, clamped to the pooled maps' range. Elementwise: no host read."""
+    pooled_height, pooled_width = math.ceil(height / factor), math.ceil(width / factor)
+    pooled = torch.round(translations.double() / factor).long()
+    rows = pooled[:, 0].clamp(-(pooled_height - 1), pooled_height - 1)
+    cols = pooled[:, 1].clamp(-(pooled_width - 1), pooled_width - 1)
+    return torch.stack((rows, cols), dim=1)
+
+
+def first_of_each_pooled_shift(
+    translations: torch.Tensor, height: int, width: int, search_size: int | None
+) -> torch.Tensor:
+    """Drop the candidates whose pooled shift (:func:`pooled_shifts`) an earlier candidate already has,
+    keeping the order: the pooled search then scores each pooled shift once and picks the same
+    candidate (the first of the best). On the host, where candidates are drawn (it reads values: give
+    it CPU tensors). Candidates from :func:`timm_sage.functional.sample_translations` with the same
+    ``search_size`` are distinct on the pooled grid already and come back unchanged.
+
+    Args:
+        translations: (K, 2) long CPU tensor of candidate ``(dy, dx)``.
+
+    Returns:
+        (K', 2) long, K' <= K, a subset of the rows of ``translations`` in their order.
+    """
+    factor = pooling_factor(height, width, search_size)
+    if factor == 1 or translations.shape[0] < 2:
+        return translations
+    pooled = pooled_shifts(translations, height, width, factor)
+    span = 2 * max(math.ceil(height / factor), math.ceil(width / factor)) + 1
+    keys = ((pooled[:, 0] + span) * (2 * span + 1) + pooled[:, 1] + span).tolist()
+    seen: set[int] = set()
+    keep = [k for k, key in enumerate(keys) if not (key in seen or seen.add(key))]
+    return translations if len(keep) == len(keys) else translations[keep]
+
+
 def best_translation(
     anchor: torch.Tensor,
     partner: torch.Tensor,
@@ -232,7 +268,10 @@ def best_translation(
     """Index of the best-scoring candidate for each image, the first one on ties.
 
     With ``search_size``, maps are sum-pooled by :func:`pooling_factor` and each candidate is scored
-    at its nearest pooled shift; candidates that share a pooled shift are scored once.
+    at its nearest pooled shift. Candidates that share a pooled shift are scored once each time they
+    appear (same score, so the first wins); :func:`first_of_each_pooled_shift` drops the repeats on
+    the host beforehand (the public ``sage_mix`` and ``plan`` do; the SAGE step's candidates have
+    none). No op here reads a value back or sizes an output from values.
 
     Args:
         anchor, partner: (B, H, W) float32 prior-weighted maps (partner already permuted).
@@ -245,12 +284,8 @@ def best_translation(
     factor = pooling_factor(height, width, search_size)
     if factor == 1:
         return translation_scores(anchor, partner, translations, chunk_elements=chunk_elements).argmax(1)
-    pooled_anchor = pool_maps(anchor, factor)
-    pooled_partner = pool_maps(partner, factor)
-    pooled_height, pooled_width = pooled_anchor.shape[-2:]
-    pooled = torch.round(translations.double() / factor).long()
-    pooled[:, 0].clamp_(-(pooled_height - 1), pooled_height - 1)
-    pooled[:, 1].clamp_(-(pooled_width - 1), pooled_width - 1)
-    unique, inverse = torch.unique(pooled, dim=0, return_inverse=True)
-    scores = translation_scores(pooled_anchor, pooled_partner, unique, chunk_elements=chunk_elements)
-    return scores[:, inverse.to(scores.device)].argmax(1)
+    pooled = pooled_shifts(translations, height, width, factor)
+    scores = translation_scores(
+        pool_maps(anchor, factor), pool_maps(partner, factor), pooled, chunk_elements=chunk_elements
+    )
+    return scores.argmax(1)
