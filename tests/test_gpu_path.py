@@ -189,3 +189,105 @@ def test_half_precision_clean_gradient_matches_float32(amp_dtype):
     got, want = _weight_grads(model), _weight_grads(reference)
     error = float((got - want).norm() / want.norm())
     assert error < MAX_GRAD_ERROR[amp_dtype], f"relative error {error:.3g}"
+
+
+# ------------------------------------------------------------------------------ generators and draws
+class _CudaLikeGenerator(torch.Generator):
+    """A generator that reports a CUDA device (a CPU-only build cannot make a real one)."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cuda", 0)
+
+
+def test_a_device_generator_is_refused_by_name():
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator.*cuda:0"):
+        SageMixup(mode="sage", num_classes=10, generator=_CudaLikeGenerator())
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
+        functional.sample_sage_params(
+            8, 16, 16, alpha=1.0, upper_lambda=0.6, rand_pos=0.1, generator=_CudaLikeGenerator()
+        )
+    with pytest.raises(ValueError, match="coin_seed must be >= 0"):
+        SageMixup(mode="sage", num_classes=10, coin_seed=-1)
+
+
+def test_one_coin_seed_gives_one_method_sequence_and_own_partners():
+    """What each DDP rank does: its own seed, the shared coin_seed."""
+    x, y = _batch(8, 10)
+    records = []
+    for seed in (3, 4):
+        mixer = SageMixup(mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.6, mode="sage", num_classes=10,
+                          seed=seed, coin_seed=11)  # fmt: skip
+        methods, perms = [], []
+        for _ in range(12):
+            mixer(x, y, saliency=torch.ones(8, 16, 16))
+            methods.append(mixer.last.method)
+            perms.append(mixer.last.perm.tolist())
+        records.append((methods, perms))
+    assert records[0][0] == records[1][0] and set(records[0][0]) == {"sage", "cutmix", "none"}
+    sage_steps = [k for k, method in enumerate(records[0][0]) if method == "sage"]
+    assert any(records[0][1][k] != records[1][1][k] for k in sage_steps)
+    # the coins' state is part of the mixer's checkpointed state
+    mixer = SageMixup(cutmix_alpha=1.0, prob=0.5, mode="sage", num_classes=10, seed=3, coin_seed=11)
+    state = mixer.rng_state()
+    first = [mixer(x, y, saliency=torch.ones(8, 16, 16)) and mixer.last.method for _ in range(6)]
+    mixer.set_rng_state(state)
+    assert [mixer(x, y, saliency=torch.ones(8, 16, 16)) and mixer.last.method for _ in range(6)] == first
+
+
+# ------------------------------------------------------------------------- on a CUDA device (gpu_check)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_generator_is_refused_by_name():
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
+        SageMixup(mode="sage", num_classes=10, generator=torch.Generator(device="cuda"))
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"amp_dtype": torch.float16, "update_ratio": 0.7, "scaler": True},
+        {"amp_dtype": torch.bfloat16, "saliency_loss": "cross_entropy"},
+        {"amp_dtype": torch.bfloat16, "search_size": 8, "saliency_scale": 0.5},
+        {"cutmix_alpha": 1.0, "prob": 0.7},
+    ],
+)
+def test_cuda_sage_step_never_syncs(options):
+    """``torch.cuda.set_sync_debug_mode("error")`` raises on any op that waits for the device."""
+    options = dict(options)
+    device = torch.device("cuda")
+    model = _bn_net(10).to(device).to(memory_format=torch.channels_last)
+    scaler = torch.amp.GradScaler("cuda") if options.pop("scaler", False) else None
+    mixer = SageMixup(mode="sage", num_classes=10, model=model, seed=0, grad_scaler=scaler, **options)
+    x, y = (t.to(device) for t in _batch(32, 10))
+    while mixer(x, y) and mixer.last.method != "sage":  # the first SAGE call checks the labels (syncs)
+        pass
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(4):
+            mixer(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert mixer.last.lam.device.type == "cuda"
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("amp_dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("loss", ["bce_softmax", "cross_entropy"])
+def test_cuda_half_precision_saliency_matches_float32(amp_dtype, loss):
+    device = torch.device("cuda")
+    x, y = (t.to(device) for t in _batch(256, 1000))
+    reference = functional.saliency_map(_bn_net(1000).to(device), x, y, loss=loss)
+    mixer = SageMixup(mode="sage", num_classes=1000, model=_bn_net(1000).to(device), seed=0,
+                      amp_dtype=amp_dtype, saliency_loss=loss, update_ratio=0.7)  # fmt: skip
+    mixer(x, y)
+    cosine = F.cosine_similarity(mixer.last.saliency.flatten(1), reference.flatten(1))
+    assert float(cosine.min()) >= MIN_COSINE[amp_dtype], f"min per-image cosine {float(cosine.min()):.4f}"

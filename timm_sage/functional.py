@@ -120,7 +120,9 @@ def sample_sage_params(
     """Draw one batch's partner permutation, prior ``Beta(alpha, alpha) * upper_lambda`` and candidates.
 
     The Beta draw comes from ``rng``; without one, a numpy generator is seeded from ``generator``, so the
-    torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``.
+    torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``, a CPU
+    generator (a CUDA one is a ValueError naming ``generator``): the draws are host tensors, which the
+    SAGE step sends to the device in one copy.
 
     ``rearrangement`` chooses the candidates (:data:`REARRANGEMENTS`): ``"search"`` draws
     :func:`sample_translations`' K shifts (the paper); ``"none"`` gives the single zero shift;
@@ -129,6 +131,7 @@ def sample_sage_params(
     rearrangement" and "random rearrangement" with everything else unchanged.
     """
     _checks.check_choice("rearrangement", rearrangement, REARRANGEMENTS)
+    _checks.check_host_generator("generator", generator)
     if rng is None:
         rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
     prior = float(rng.beta(alpha, alpha)) * upper_lambda
