@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU check (about 5 minutes, at most 8, on one H100/H200), in stages that cannot lose each other's
-# results: a stage that fails is reported (its log kept) and the next one runs; the exit status is the
-# number of failed stages.
+# The GPU check (about 5 minutes on one H100/H200; the stage limits add up to 8 minutes), in stages that
+# cannot lose each other's results: a stage that fails is reported (its log kept) and the next one runs;
+# the exit status is the number of failed stages.
 #   1. cuda_tests: the tests marked `cuda` (pytest -m cuda), the AMP, no-sync and CUDA fuzz tests;
 #   2. sync_step: SAGE steps of a timm resnet under torch.cuda.set_sync_debug_mode("error");
 #   3. train_py: timm's train.py (TIMM_TRAIN_PY=/path/to/pytorch-image-models/train.py), else the
@@ -54,7 +54,7 @@ if [ "$device" = cuda ]; then
     "$py" -c "import $mod" 2>/dev/null || "$py" -m pip install --quiet "$( [ "$mod" = yaml ] && echo pyyaml || echo "$mod")"
   done
   "$py" -m pip install --quiet --no-deps --no-build-isolation -e . >/dev/null
-  stage cuda_tests 200 "$py" -m pytest -q -p no:cacheprovider --strict-markers -m cuda tests
+  stage cuda_tests 150 "$py" -m pytest -q -p no:cacheprovider --strict-markers -m cuda tests
   repeats=(--repeats 10 --warmup 3)
   quick=()
 else
@@ -63,10 +63,10 @@ else
   repeats=(--repeats 1 --warmup 0)
   quick=(--quick)
 fi
-stage sync_step 120 "$py" .ci/gpu_check.py sync-step --device "$device" --out "$out"
-stage train_py 150 "$py" .ci/gpu_check.py train --device "$device" --out "$out"
+stage sync_step 60 "$py" .ci/gpu_check.py sync-step --device "$device" --out "$out"
+stage train_py 90 "$py" .ci/gpu_check.py train --device "$device" --out "$out"
 cp docs/benchmarks.md "$out/benchmarks.md"
-stage bench 300 "$py" -m timm_sage.tools.cli bench mix step --device "$device" "${repeats[@]}" "${quick[@]}" \
+stage bench 180 "$py" -m timm_sage.tools.cli bench mix step --device "$device" "${repeats[@]}" "${quick[@]}" \
   --json "$out/bench_$device.json" --report "$out/benchmarks.md"
 echo "== summary ($failed failed)"
 cat "$out/stages.txt"
