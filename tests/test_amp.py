@@ -205,6 +205,7 @@ def test_grad_scaler_bf16_loop_matches_float32_loop_to_tolerance() -> None:
         assert F.cosine_similarity(got["full"], ref["full"], dim=0) > 0.98
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_float16_autocast_with_grad_scaler() -> None:
     device = torch.device("cuda")

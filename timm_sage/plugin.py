@@ -44,11 +44,13 @@ train.py behaves exactly as stock timm.
   before entering its own autocast). ``NativeScaler`` instances are recorded, so with
   ``sage_update_ratio < 1`` the clean-loss gradient is scaled like train.py's loss.
 * ``--channels-last``: the saliency pass follows the model's memory format.
-* Seeds: ``sage_seed`` when given, else ``torch.initial_seed()`` (train.py seeds it with seed + rank).
+* Seeds: partners and candidates per rank, ``torch.initial_seed()`` (train.py seeds it with
+  ``--seed`` + rank), or ``sage_seed`` + rank when given. The per-batch choice of method (``--mixup-prob``,
+  CutMix or SAGE with ``--mixup-switch-prob``) comes from a coin generator seeded alike on every rank
+  (train.py's ``--seed``, or ``sage_seed``), so all ranks run the saliency pass on the same steps, as
+  ``--sync-bn`` needs (its BatchNorm synchronises across ranks).
 
-Limits: with ``--sync-bn`` every rank must run the saliency pass on the same steps (its BatchNorm
-synchronises across ranks); set ``sage_seed`` so that all ranks make the same per-batch choices.
-Random erasing on the prefetcher path runs before SAGE (stock timm erases after mixing).
+Limits: random erasing on the prefetcher path runs before SAGE (stock timm erases after mixing).
 """
 
 from __future__ import annotations
@@ -92,7 +94,12 @@ SEED_DEFAULT = "torch.initial_seed(), which train.py sets to its seed + rank"
 SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]] = {
     info.name: (info.kind, info.choices, option_help(info)) for info in option_infos()
 }
-SAGE_OPTIONS["seed"] = (int, None, f"{SEED_HELP} (default {SEED_DEFAULT})")
+SAGE_OPTIONS["seed"] = (
+    int,
+    None,
+    f"{SEED_HELP}, plus the rank; also seeds the method coins that all ranks share (default "
+    f"{SEED_DEFAULT}, and train.py's --seed for the coins)",
+)
 
 _current: PluginState | None = None
 
@@ -126,14 +133,34 @@ class PluginState:
                 mixer.model = None  # rebind lazily, with the scaler known by then
 
     def new_mixer(self, mixup_args: dict[str, Any]) -> PluginSageMixup:
-        """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options."""
+        """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options.
+
+        Seeds: partners and candidates per rank, method coins shared by every rank (see the module
+        docstring).
+        """
         options = dict(self.options)
+        rank = _rank(self.args)
         if options.get("seed") is None:
-            options["seed"] = torch.initial_seed()
-        mixer = PluginSageMixup(**mixup_args, **options)
+            options["seed"] = torch.initial_seed()  # train.py seeded it with --seed + rank
+            base_seed = getattr(self.args, "seed", None)
+            coin_seed = base_seed if isinstance(base_seed, int) and base_seed >= 0 else options["seed"]
+        else:
+            coin_seed = options["seed"]
+            options["seed"] += rank
+        mixer = PluginSageMixup(**mixup_args, **options, coin_seed=coin_seed)
         mixer.plugin_state = self
         self.mixers.append(mixer)
         return mixer
+
+
+def _rank(args: argparse.Namespace | None) -> int:
+    """This process's rank: train.py's ``args.rank``, else the process group's, else 0."""
+    rank = getattr(args, "rank", None)
+    if isinstance(rank, int):
+        return rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 class PluginSageMixup(SageMixup):

@@ -55,8 +55,8 @@ def plan(
     """Search the best of ``translations`` for each image and build its mask and label share.
 
     ``saliency`` (B, H, W), ``perm`` (B,) long, ``prior`` (B,) float32, ``translations`` (K, 2) long,
-    all on one device. No data-dependent Python control flow: the exact search traces with no graph
-    break; the pooled one (``search_size``) breaks once at ``torch.unique``.
+    all on one device. No data-dependent Python control flow and no op whose output size depends on
+    values: the search, exact or pooled (``search_size``), traces with no graph break and never syncs.
     """
     s0, s1 = normalise_saliency(saliency, perm, prior)
     best = search.best_translation(

@@ -131,6 +131,9 @@ def _logits_of(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tens
 
 
 def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """The clean loss (0-dim float32) of ``logits`` (B, num_classes), computed in float32. The caller runs
+    it with autocast off: CUDA autocast refuses ``binary_cross_entropy`` outright, and a loss averaged over
+    ``B * num_classes`` values is no place for half precision."""
     logits = logits.float()
     num_classes = logits.shape[-1]
     if target.is_floating_point():
@@ -174,6 +177,21 @@ def pass_size(height: int, width: int, *, scale: float = 1.0, size: int | None =
     return (max(1, round(height * size / short)), max(1, round(width * size / short)))
 
 
+def saliency_loss_scale(batch: int, num_classes: int, loss: str) -> float:
+    """The power of two the clean loss is multiplied by before its backward (shapes only, no host read).
+
+    The clean loss is a mean: over ``B * num_classes`` values for ``"bce_softmax"``, over ``B`` images
+    for ``"cross_entropy"``, so each logit's gradient is about ``1 / (B * num_classes)`` (``1 / B``) of
+    a per-image one. Under float16 autocast the backward through the model then flushes the input
+    gradient to zero (every map of a B=32, 1000-class batch, measured). Scaled by the smallest power of
+    two at least that count, the backward sees per-image gradients (a logit's is at most about 1),
+    far from float16's smallest normal (6e-5) and its largest value (65504). A power of two, so that
+    undoing it in float32 is exact.
+    """
+    count = batch * num_classes if loss == "bce_softmax" else batch
+    return float(2 ** max(0, (count - 1).bit_length()))
+
+
 def saliency_pass(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -190,10 +208,13 @@ def saliency_pass(
 ) -> SaliencyPass:
     """One forward and backward of ``model`` on the clean batch; smoothed input-gradient saliency.
 
-    The model runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast the
-    caller is in. With ``param_grad_weight == 0`` only the input gradient is computed, so no
-    parameter's ``.grad`` is touched and no weight gradient is paid for. With ``param_grad_weight = w > 0``
-    the same backward also accumulates ``w * d(loss)/d(param)`` into ``.grad`` (docs/algorithm.md section 5).
+    The model's forward runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast
+    the caller is in; the loss, its backward and the maps run in float32 with autocast off, and the
+    loss is scaled by :func:`saliency_loss_scale` before its backward (undone in float32 afterwards) so
+    that float16 gradients neither underflow nor overflow. With ``param_grad_weight == 0`` only the
+    input gradient is computed, so no parameter's ``.grad`` is touched and no weight gradient is paid
+    for. With ``param_grad_weight = w > 0`` the same backward also accumulates ``w * d(loss)/d(param)``
+    into ``.grad`` (docs/algorithm.md section 5).
 
     Args:
         model: callable mapping (B, C, H, W) to logits (B, num_classes).
@@ -203,7 +224,8 @@ def saliency_pass(
         reduce: ``"mean_abs"`` (reference: mean of |grad| over channels) or ``"l2"`` (paper).
         blur_kernel, blur_sigma: Gaussian smoothing, see :func:`blur_maps`.
         param_grad_weight: weight of the clean loss in the parameters' ``.grad``.
-        backward_scale: applied to the weighted loss before ``backward`` (e.g. ``GradScaler.scale``).
+        backward_scale: the loss scaler's ``scale`` (``GradScaler.scale``): the clean parameter gradient
+            enters ``.grad`` multiplied by it, as a backward of ``backward_scale(w * loss)`` leaves it.
         scale: cheap saliency (``saliency_scale``), a float in (0, 1]. Below 1 the pass runs on the batch
             resized to ``round(H * scale) x round(W * scale)`` (bilinear, antialiased) and the channel-
             reduced gradient map is resized back to H x W (bilinear) before smoothing: about
@@ -219,8 +241,8 @@ def saliency_pass(
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
-        ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps' overall scale carries
-        ``param_grad_weight`` and ``backward_scale`` (it is the gradient of the weighted loss); SAGE
+        ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps come from the input
+        gradient of the clean loss itself, whatever ``param_grad_weight`` and ``backward_scale``; SAGE
         normalises each map, so only their shape matters. When the loss or any gradient is NaN or Inf,
         ``finite`` is False, the saliency is all NaN and the parameters' ``.grad`` receive zeros (never
         the bad values), so a caller can fall back to the unmixed batch (the SAGE step does).
@@ -288,40 +310,81 @@ def compute_saliency(
         else []
     )
     with torch.enable_grad(), kept_running_statistics(model) if resized else contextlib.nullcontext():
-        logits = _logits_of(model, inputs)
+        logits = _logits_of(model, inputs)  # under the caller's autocast, if any
         if check_labels and not target.is_floating_point():  # the public boundary only: reads values
             num_classes = logits.shape[-1]
             if bool((target < 0).any()) or bool((target >= num_classes).any()):
                 raise ValueError(f"target labels must lie in [0, {num_classes - 1}] (the model's outputs)")
-        clean_loss = _clean_loss(logits, target, loss)
-        scaled = clean_loss * param_grad_weight if params else clean_loss
-        if params and backward_scale is not None:
-            scaled = backward_scale(scaled)
-        grad, *param_grads = torch.autograd.grad(scaled, [inputs, *params], allow_unused=True)
-    present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
-    # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
-    # overflows counts as not finite too), kept on the device.
-    totals = [clean_loss.detach().float(), grad.sum(dtype=torch.float32)]
-    totals += [g.sum(dtype=torch.float32) for _, g in present]
-    finite = torch.isfinite(torch.stack(totals).sum())
-    for param, param_grad in present:
-        contribution = torch.where(finite, param_grad, torch.zeros_like(param_grad))
-        if param.grad is None:
-            param.grad = contribution
-        else:
-            param.grad.add_(contribution)
-    # The caller's autocast must not push the reduction and the blur back into half precision.
-    with torch.autocast(device_type=grad.device.type, enabled=False):
-        grad = grad.float()
+        # The loss, its backward, the clean gradient and the maps run in float32 with autocast off, whatever
+        # the caller opened: CUDA autocast refuses binary_cross_entropy, and backward passes do not
+        # belong under autocast.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            clean_loss = _clean_loss(logits.float(), target, loss)
+            loss_scale = saliency_loss_scale(logits.shape[0], logits.shape[1], loss)
+            grad, *param_grads = torch.autograd.grad(
+                clean_loss * loss_scale, [inputs, *params], allow_unused=True
+            )
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        grad = grad.float().mul_(1.0 / loss_scale)  # exact: a power of two, in float32
+        clean_loss = clean_loss.detach()
+        present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
+        weighted = _weighted_clean_grads(present, param_grad_weight / loss_scale, backward_scale)
+        # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
+        # overflows counts as not finite too), kept on the device.
+        totals = [clean_loss, grad.sum(dtype=torch.float32)]
+        totals += [weighted.sum()] if weighted is not None else []
+        finite = torch.isfinite(torch.stack(totals).sum())
+        if weighted is not None:
+            _add_clean_grads(present, weighted, finite)
         channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
         if resized:
             # Bilinear interpolation of non-negative values stays non-negative.
             channel_map = F.interpolate(
                 channel_map[:, None], size=(height, width), mode="bilinear", align_corners=False
             )[:, 0]
-        saliency = blur_maps(channel_map, blur_kernel, blur_sigma)
-    saliency = torch.where(finite, saliency, math.nan)
-    return SaliencyPass(saliency, clean_loss.detach(), finite)
+        saliency = torch.where(finite, blur_maps(channel_map, blur_kernel, blur_sigma), math.nan)
+    return SaliencyPass(saliency, clean_loss, finite)
+
+
+# ---- the clean loss's parameter gradient: (1 - r) * d l_clean / d params into .grad (docs/algorithm.md) ----
+def _weighted_clean_grads(
+    present: list[tuple[torch.Tensor, torch.Tensor]],
+    factor: float,
+    backward_scale: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor | None:
+    """The parameter gradients of the scaled backward, flattened into one float32 buffer and multiplied
+    by ``factor`` (``param_grad_weight / loss_scale``) and by the GradScaler's scale (``backward_scale``
+    of a one): ``S * w * d l_clean / d p``, what a backward of ``backward_scale(w * l_clean)`` gives, in
+    float32. One launch for the buffer and one for the scale, whatever the number of parameters."""
+    if not present:
+        return None
+    flat = torch.cat([g.reshape(-1).float() for _, g in present])
+    if backward_scale is not None:
+        scale = backward_scale(torch.ones((), dtype=torch.float32, device=flat.device))
+        return flat.mul_(scale.float() * factor)
+    return flat.mul_(factor)
+
+
+def _add_clean_grads(
+    present: list[tuple[torch.Tensor, torch.Tensor]], weighted: torch.Tensor, finite: torch.Tensor
+) -> None:
+    """Add the weighted clean gradient (one flat buffer) into the parameters' ``.grad``, or zeros where the
+    pass was not finite (``torch.where``: no host read). ``torch._foreach_*`` for the copies and the adds."""
+    weighted = torch.where(finite, weighted, 0.0)
+    pieces = [
+        piece.view(param.shape).to(param.dtype)
+        for (param, _), piece in zip(present, weighted.split([p.numel() for p, _ in present]), strict=True)
+    ]
+    pairs = [(param, piece) for (param, _), piece in zip(present, pieces, strict=True)]
+    fresh = [(param, piece) for param, piece in pairs if param.grad is None]
+    held = [(param, piece) for param, piece in pairs if param.grad is not None]
+    if fresh:
+        grads = [torch.empty_like(param) for param, _ in fresh]  # the parameter's own memory format
+        torch._foreach_copy_(grads, [piece for _, piece in fresh])
+        for (param, _), grad in zip(fresh, grads, strict=True):
+            param.grad = grad
+    if held:
+        torch._foreach_add_([param.grad for param, _ in held], [piece for _, piece in held])
 
 
 def saliency_map(

@@ -211,7 +211,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             if summary.get("final_val_top1") is not None
             else f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
         )
-        + f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
+        + f"outputs in {folder}/: "
+        + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
         flush=True,
     )
     return 0
