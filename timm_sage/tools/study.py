@@ -146,6 +146,14 @@ def collect(
     return results
 
 
+def _seeds_cell(runs: list[dict], *keys: str) -> str:
+    """``"0: 84.41, 1: 83.90"``: each run's ``keys`` (joined by " / "), in seed order."""
+    return ", ".join(
+        f"{r['seed']}: " + " / ".join(f"{r[key]:.2f}" for key in keys)
+        for r in sorted(runs, key=lambda r: r["seed"])
+    )
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -171,9 +179,7 @@ def table(results: dict[str, list[dict]]) -> str:
             gap = statistics.mean(t - r["final_top1"] for t, r in zip(trains, runs, strict=True))
             gap_cell = f"{gap:.2f}"
         seconds = statistics.mean(r["train_s"] for r in runs)
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_top1']:.2f}" for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_top1")
         lines.append(
             f"| {method} | {len(runs)} | {mean:.2f} | {spread:.2f} | {best:.2f} | {train_cell} | {gap_cell} "
             f"| {seconds:.0f} | {seeds} |"
@@ -195,10 +201,7 @@ def _val_table(results: dict[str, list[dict]]) -> str:
         trains = [r["final_train_top1"] for r in runs if r["final_train_top1"] is not None]
         train_cell = f"{statistics.mean(trains):.2f}" if len(trains) == len(runs) else "n/a"
         seconds = statistics.mean(r["train_s"] for r in runs)
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_val_top1']:.2f} / {r['final_top1']:.2f}"
-            for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_val_top1", "final_top1")
         lines.append(
             f"| {method} | {len(runs)} | {val:.2f} | {val_spread:.2f} | {test:.2f} | {test_spread:.2f} "
             f"| {train_cell} | {seconds:.0f} | {seeds} |"
@@ -304,9 +307,7 @@ def trained_budget_table(
         test, spread = _mean_std([r["final_top1"] for r in runs])
         epochs = statistics.mean(r["epochs"] for r in runs)
         val_cell = f"{statistics.mean(r['final_val_top1'] for r in runs):.2f} | " if with_val else ""
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_top1']:.2f}" for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_top1")
         lines.append(
             f"| {method} | {costs.get(method, 1.0):.2f}x | {epochs:.0f} | {val_cell}{test:.2f} "
             f"| {spread:.2f} | {seeds} |"
