@@ -1,4 +1,4 @@
-"""A slow, obvious re-statement of SAGE.md sections 2 to 4: one image, one candidate at a time.
+"""A slow, obvious re-statement of docs/algorithm.md sections 2 to 4: one image, one candidate at a time.
 
 Written independently of timm_sage.core.search (no unfold, no gather, no chunking) to check the fast path.
 """

@@ -26,6 +26,17 @@ class _Judge(nn.Module):
         return nn.functional.one_hot(x[:, 0, 0, 0].long(), 4).float()
 
 
+class _Left(nn.Module):
+    """Logits from the two leftmost columns only: the input gradient lives there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(x[:, 0, :, :2].flatten(1))
+
+
 def test_counts_larger_smaller_and_neither(monkeypatch):
     targets = torch.tensor(
         [
@@ -58,34 +69,13 @@ def test_sage_needs_a_saliency_model_and_methods_are_named():
 
 
 def test_background_share_counts_saliency_mass_on_dark_pixels():
-    class Left(nn.Module):
-        """Logits from the left half only: the input gradient lives there."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(16, 4)
-
-        def forward(self, x):
-            return self.fc(x[:, 0, :, :2].flatten(1))
-
     x = torch.ones(3, 1, 8, 8)  # raw = x * std + mean with mean 0, std 1: bright everywhere ...
     x[:, :, :, :4] = 0.0  # ... but the left half is background
     result = agreement.background_share(
-        Left(), [(x, torch.tensor([0, 1, 2]))], mean=0.0, std=1.0, config=agreement.SageConfig(blur_kernel=1)
+        _Left(), [(x, torch.tensor([0, 1, 2]))], mean=0.0, std=1.0, config=agreement.SageConfig(blur_kernel=1)
     )
     assert result["area"] == pytest.approx(0.5)
     assert result["saliency"] == pytest.approx(1.0)  # every bit of saliency sits on the dark half
-
-
-class _Left(nn.Module):
-    """Logits from the two leftmost columns only: the input gradient lives there."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(16, 4)
-
-    def forward(self, x):
-        return self.fc(x[:, 0, :, :2].flatten(1))
 
 
 def test_object_share_counts_saliency_mass_on_the_mask():

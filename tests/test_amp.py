@@ -165,7 +165,7 @@ def _train(steps: int, *, scaler: torch.amp.GradScaler | None, amp: bool, update
         scale = scaler.get_scale() if scaler is not None else 1.0
         images, target = mixer(x, y)
         # (1 - r) * d l_clean / d params, as the weight carries it into the backward (never scaled there)
-        clean = mixer.loss_weight.clean.flat.clone()
+        clean = mixer.loss_weight.clean.flat * mixer.loss_weight.clean.factor
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             logits = model(images)
         loss = _soft_ce(logits, target) * mixer.loss_weight
@@ -206,6 +206,7 @@ def test_grad_scaler_bf16_loop_matches_float32_loop_to_tolerance() -> None:
         assert F.cosine_similarity(got["full"], ref["full"], dim=0) > 0.98
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_float16_autocast_with_grad_scaler() -> None:
     device = torch.device("cuda")

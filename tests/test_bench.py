@@ -104,3 +104,32 @@ def test_interleaved_medians_take_the_calls_in_turn(monkeypatch):
     assert order == ["a", "b", "c"] * 4  # one warm-up round, then three timed rounds, in turn
     # each timed call reads the clock twice in a row: 1 s apart, 1000 ms
     assert times == {"a": [1000.0] * 3, "b": [1000.0] * 3, "c": [1000.0] * 3}
+
+
+def test_each_suite_reaches_the_json_as_it_finishes_and_a_failure_does_not_stop_the_run(
+    tmp_path, monkeypatch, capsys
+):
+    """What .ci/gpu_check.sh relies on: a crash in one suite loses nothing measured before it."""
+    from timm_sage.tools import bench
+
+    out = tmp_path / "bench.json"
+    seen_by_step: list[dict] = []
+
+    def failing_step(device, repeats, warmup, quick):
+        seen_by_step.append(json.loads(out.read_text()))  # the mix suite's rows are on disk already
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(bench, "suite_step", failing_step)
+    argv = ["bench", "mix", "step", "scale", "--quick", "--search-only", "--repeats", "1", "--warmup", "0"]
+    assert cli.main([*argv, "--json", str(out)]) == 1
+    (before_step,) = seen_by_step
+    assert before_step["meta"]["finished"] == ["mix"] and before_step["rows"]
+    payload = json.loads(out.read_text())
+    assert payload["meta"]["finished"] == ["mix", "scale"]  # the suite after the failure still ran
+    assert "illegal memory access" in payload["meta"]["failed"]["step"]
+    assert {r["suite"] for r in payload["rows"]} == {"mix", "scale"}
+    assert "bench step failed: RuntimeError" in capsys.readouterr().err
+    names = [r["name"] for r in payload["rows"] if r["suite"] == "mix"]
+    assert {"search exact kernel=windows K=39", "search exact kernel=overlap K=39"} <= set(names)
+    windows = next(r for r in payload["rows"] if r["name"] == "search exact kernel=windows K=39")
+    assert windows["extra"]["traffic_model_gb"] == pytest.approx(4 * 39 * 32 * 32 * 28 / 1e9)

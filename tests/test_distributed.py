@@ -206,3 +206,62 @@ def test_ddp_rank_stream_matches_a_single_process_mixer(ddp_records: list[list[d
             x, y = x_all[rank::WORLD], y_all[rank::WORLD]
             replay(x, y, saliency=torch.ones(x.shape[0], 16, 16))  # perm does not depend on saliency
             assert replay.last.perm.tolist() == ddp_records[rank][0]["perms"][step]
+
+
+# ------------------------------------------------------------------ one method per step on every rank
+COIN_STEPS = 12
+
+
+def _coin_worker(rank: int, port: int, out_dir: str) -> None:
+    """train.py's seeding (``seed + rank``) and the plugin's mixer, with CutMix switching and prob < 1."""
+    import argparse
+
+    from timm.data import Mixup
+
+    from timm_sage import plugin
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    try:
+        args = argparse.Namespace(mixup_mode="sage", mixup=1.0, cutmix=1.0, cutmix_minmax=None, seed=42)
+        namespace = {"Mixup": Mixup}
+        state = plugin.install(namespace, args)
+        args.rank = rank  # as train.py: known after the plugin is installed, before the mixer is built
+        torch.manual_seed(42 + rank)  # train.py's random_seed(args.seed, args.rank)
+        mixer = namespace["Mixup"](
+            mixup_alpha=1.0, cutmix_alpha=1.0, prob=0.6, switch_prob=0.5, mode="sage", label_smoothing=0.0,
+            num_classes=NUM_CLASSES,
+        )  # fmt: skip
+        state.set_model(TinyCNN(), replace=True)
+        methods, perms = [], []
+        for step in range(COIN_STEPS):
+            x_all, y_all = _global_batch(step)
+            mixer(x_all[rank::WORLD], y_all[rank::WORLD])
+            methods.append(mixer.last.method)
+            perms.append(mixer.last.perm.tolist() if mixer.last.method == "sage" else None)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"coins{rank}.json").write_text(json.dumps({"methods": methods, "perms": perms}))
+
+
+def test_every_rank_takes_the_same_method_at_every_step(tmp_path: Path) -> None:
+    """CutMix switching and prob < 1 through the plugin: the method coins are shared (train.py's --seed),
+    so with --sync-bn no rank waits in a saliency pass the others skip; partners stay per rank."""
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    context = mp.spawn(_coin_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    deadline = time.monotonic() + 120.0
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            pytest.fail("workers did not finish within 120 s")
+    rank0, rank1 = (json.loads(Path(tmp_path, f"coins{r}.json").read_text()) for r in range(WORLD))
+    assert rank0["methods"] == rank1["methods"]
+    assert set(rank0["methods"]) == {"sage", "cutmix", "none"}  # every branch of the coins was taken
+    sage_steps = [k for k, method in enumerate(rank0["methods"]) if method == "sage"]
+    assert any(rank0["perms"][k] != rank1["perms"][k] for k in sage_steps)  # partners are per rank

@@ -168,6 +168,30 @@ def test_pooled_search_equals_exact_search_on_block_constant_maps():
     assert pooled.images.shape == exact.images.shape
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), size=st.integers(5, 20), search_size=st.integers(2, 6))
+def test_repeated_pooled_shifts_are_dropped_on_the_host_and_change_nothing(seed, size, search_size):
+    """Full-resolution candidates searched at a pooled size share pooled shifts; the host drops the
+    repeats (first kept, order kept) and the search picks the same candidate for every image."""
+    g = torch.Generator().manual_seed(seed)
+    translations = FN.sample_translations(size, size, 0.3, generator=g)
+    factor = _search.pooling_factor(size, size, search_size)
+    kept = _search.first_of_each_pooled_shift(translations, size, size, search_size)
+    pooled = [tuple(r) for r in _search.pooled_shifts(translations, size, size, factor).tolist()]
+    first = {}
+    for k, shift in enumerate(pooled):
+        first.setdefault(shift, k)
+    assert kept.tolist() == translations[sorted(first.values())].tolist()
+    s0, s1 = FN.normalise_saliency(
+        torch.rand(3, size, size, generator=g), torch.tensor([1, 2, 0]), torch.full((3,), 0.4)
+    )
+    every = _search.best_translation(s0, s1, translations, search_size=search_size)
+    once = _search.best_translation(s0, s1, kept, search_size=search_size)
+    assert torch.equal(translations[every], kept[once])
+    drawn = FN.sample_translations(size, size, 0.3, generator=g, search_size=search_size)
+    assert _search.first_of_each_pooled_shift(drawn, size, size, search_size) is drawn  # no repeats
+
+
 def _index_of(translations: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     matches = (translations[None] == chosen[:, None]).all(-1)
     return matches.float().argmax(1)

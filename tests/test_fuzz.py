@@ -118,7 +118,7 @@ def _translations(kind: str, height: int, width: int, gen: torch.Generator):
 
 
 @st.composite
-def sage_mix_cases(draw) -> Case:
+def sage_mix_cases(draw, devices: tuple[str, ...] = tuple(DEVICES)) -> Case:
     batch = draw(st.integers(1, 257))
     height, width, channels = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
@@ -137,7 +137,7 @@ def sage_mix_cases(draw) -> Case:
     t_kind = draw(st.sampled_from(BAD_TRANSLATIONS if bad == "translations" else ["int64", "int32"]))
     search_size = draw(st.sampled_from([0, -2, 2.5, "4"] if bad == "size" else [None, None, 1, 2, 3, 8]))
     return Case(
-        x.to(draw(st.sampled_from(DEVICES))),
+        x.to(draw(st.sampled_from(devices))),
         _saliency(s_kind, batch, height, width, s_dtype, gen),
         _perm(p_kind, batch, gen),
         _prior(prior_kind, batch, gen),
@@ -160,6 +160,18 @@ def _check_mix_output(out: functional.SageMixOutput, x: torch.Tensor, translatio
 @FUZZ
 @given(sage_mix_cases())
 def test_fuzz_sage_mix(case: Case) -> None:
+    _run_mix_case(case)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@settings(FUZZ, max_examples=150)
+@given(sage_mix_cases(devices=("cuda",)))
+def test_fuzz_sage_mix_on_cuda(case: Case) -> None:
+    _run_mix_case(case)
+
+
+def _run_mix_case(case: Case) -> None:
     call = dict(
         saliency=case.saliency,
         perm=case.perm,

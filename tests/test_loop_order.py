@@ -28,9 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from timm_sage import SageMixup, functional
 from timm_sage.core.clean import CleanGradientLostWarning, LossWeight
+from timm_sage.core.saliency import saliency_loss_scale
 from timm_sage.core.step import SageDraws
 
-R = 0.75  # 1 - r = 0.25: a power of two, so the saliency maps do not depend on how the loss is weighted
+R = 0.75  # 1 - r = 0.25: a power of two, so weighting the clean gradient rounds nothing away
 NUM_CLASSES = 4
 BATCH = 8
 SIZE = 10
@@ -124,15 +125,16 @@ def _reference(
     loss_scales: list[float] | None = None,
     clean: bool = True,
 ) -> nn.Module:
-    """The weights after ``len(records)`` steps, by hand: per step and chunk, ``backward((1 - r) / n *
-    l_clean)`` on the clean chunk (its input gradient gives the saliency), then the chunk mixed with the
-    recorded draws by ``functional.sage_mix`` and the gradient of ``r / n * l_mixed`` added; steps without
-    SAGE train on the mixer's own output with weight 1 / n. ``amp``: both forwards under float16
-    autocast, and the mixed loss's backward scaled by ``loss_scales[step]`` (a power of two, undone
-    after): a float16 backward rounds differently at another scale wherever its gradients fall below
-    float16's normal range, so the reference scales that backward as the loop's GradScaler does (the
-    clean backward, like the saliency pass's, is not scaled). ``clean=False`` drops the clean term (the
-    sanity check that it matters)."""
+    """The weights after ``len(records)`` steps, by hand: per step and chunk, the gradient of
+    ``(1 - r) / n * l_clean`` on the clean chunk (the same backward's input gradient gives the saliency),
+    then the chunk mixed with the recorded draws by ``functional.sage_mix`` and the gradient of
+    ``r / n * l_mixed`` added; steps without SAGE train on the mixer's own output with weight 1 / n.
+    Each backward runs on its loss scaled by a power of two, undone after: the clean one by the saliency
+    pass's ``saliency_loss_scale``, the mixed one by ``loss_scales[step]`` (the loop's GradScaler scale;
+    1 without). That changes nothing in float32, but a float16 backward rounds differently at another
+    scale wherever its gradients fall below float16's normal range, so the reference scales each
+    backward as the loop does. ``amp``: both forwards under float16 autocast. ``clean=False`` drops the
+    clean term (the sanity check that it matters)."""
     model = _net()
     optimizer = _optimizer(model)
     params = list(model.parameters())
@@ -148,13 +150,15 @@ def _reference(
                 l_clean = F.binary_cross_entropy(
                     torch.softmax(logits.float(), -1), F.one_hot(y, NUM_CLASSES).float()
                 )
-                scaled = (1 - R) * weight * l_clean
+                # One backward for the input gradient (the saliency) and the parameters', of the loss
+                # scaled by the saliency pass's power of two (against float16 underflow), undone after.
+                loss_scale = saliency_loss_scale(x.shape[0], NUM_CLASSES, "bce_softmax")
+                grad, *grads = torch.autograd.grad(loss_scale * l_clean, [inputs, *params])
                 if clean:
-                    scaled.backward()  # the parameters' .grad and the input gradient, in one backward
-                    grad = inputs.grad
-                else:
-                    (grad,) = torch.autograd.grad(scaled, inputs)
-                saliency = functional.blur_maps(grad.float().abs().mean(1))
+                    for param, g in zip(params, grads, strict=True):
+                        g = g * ((1 - R) * weight / loss_scale)
+                        param.grad = g if param.grad is None else param.grad + g
+                saliency = functional.blur_maps((grad.float() / loss_scale).abs().mean(1))
                 draws = record.draws
                 out = functional.sage_mix(
                     x, saliency, perm=draws.perm, prior=draws.prior, translations=draws.translations

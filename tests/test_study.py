@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from timm_sage.tools import study
 
@@ -122,29 +123,53 @@ def test_measured_epoch_seconds_replace_the_runs_own_timing(tmp_path):
     assert "| sage | 2.00x |" in study.budget_table(results, "vanilla")
 
 
-def test_time_epochs_runs_each_config_briefly(tmp_path, monkeypatch):
+def test_time_epochs_takes_the_configs_in_turn_step_by_step(tmp_path, monkeypatch):
+    import time
+
+    import timm_sage.train.session as session
+
+    clock = {"now": 0.0}
     calls = []
 
-    def fake_run(command, check, stdout):
-        calls.append(command)
-        folder = Path(command[command.index("--output") + 1]) / command[command.index("--experiment") + 1]
-        folder.mkdir(parents=True)
-        # the first pass finds the machine slow, the second (reverse order) fast
-        slow = sum(1 for c in calls if c[c.index("--experiment") + 1] == folder.name) == 1
-        times = ([5.0, 1.0, 1.5] if "a" in folder.name else [5.0, 2.0, 2.0]) if slow else [5.0, 0.5, 0.5]
-        lines = [json.dumps({"epoch": i + 1, "epoch_time": t}) for i, t in enumerate(times)]
-        (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    class FakeLoader:
+        def __init__(self, steps):
+            self.steps = steps
 
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
-    configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+        def __len__(self):
+            return self.steps
+
+        def batches(self, epoch):
+            for index in range(self.steps):
+                yield (epoch, index), None
+
+    class FakeTrainer:
+        def __init__(self, cfg, progress):
+            self.name = cfg.experiment
+            self.model = torch.nn.Linear(1, 1)
+            self.train_loader = FakeLoader({"a": 3, "b": 5}[self.name])
+            assert not progress
+
+        def train_one_step(self, x, y):
+            calls.append((self.name, x))
+            # a machine that slows down as the pass goes on: +0.1 s per step trained so far
+            clock["now"] += {"a": 1.0, "b": 2.0}[self.name] + 0.1 * len(calls)
+
+    monkeypatch.setattr(session, "Trainer", FakeTrainer)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+    configs = []
+    for name in ("a", "b"):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text("epochs: 2\n")
     seconds = study.time_epochs(configs, 3, tmp_path / "out", [])
-    # each config's median over both passes, warm-up epochs left out: a [1.0, 1.5, 0.5, 0.5], b [2, 2, .5, .5]
-    assert seconds == {"a": 0.75, "b": 1.25}
-    names = [c[c.index("--experiment") + 1] for c in calls]
-    assert names == ["a", "b", "b", "a"]  # in order, then in reverse order
-    assert all("--epochs" in c and c[c.index("--epochs") + 1] == "3" for c in calls)
-    with pytest.raises(ValueError, match="time-epochs"):
-        study.time_epochs(configs, 1, tmp_path / "out", [])
+    # two warm-up rounds (a b, b a), then a b, b a, a b: calls 5..10; a's steps are calls 5, 8, 9
+    order = [name for name, _ in calls]
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    # a walks through its epoch's batches and on into the next epoch (3 batches per epoch)
+    assert [x for name, x in calls if name == "a"] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    # median step: a (1.5, 1.8, 1.9) -> 1.8 x 3 steps per epoch; b (2.6, 2.7, 3.0) -> 2.7 x 5
+    assert seconds["a"] == pytest.approx(1.8 * 3) and seconds["b"] == pytest.approx(2.7 * 5)
+    with pytest.raises(ValueError, match="time-steps"):
+        study.time_epochs(configs, 2, tmp_path / "out", [])
 
 
 def _fake_val_run(root, stem, seed, val, test, epochs=4, epoch_time=1.0):

@@ -20,7 +20,7 @@ the CPU. Every step is recorded in ``HISTORY`` and the run's objects in ``RUN``,
 
 Test-only flags (not in train.py): ``--num-samples``, ``--no-task`` (older train.py: no
 ClassificationTask, the model is called directly), ``--loss-scaler`` (a NativeScaler on the CPU, which
-train.py only builds on CUDA with float16).
+train.py only builds on CUDA with float16), ``--device`` (cpu; cuda in .ci/gpu_check.sh).
 """
 
 import argparse
@@ -79,6 +79,7 @@ parser.add_argument("--mixup-off-epoch", default=0, type=int)
 parser.add_argument("--smoothing", type=float, default=0.1)
 parser.add_argument("--no-task", action="store_true", default=False)
 parser.add_argument("--loss-scaler", action="store_true", default=False)
+parser.add_argument("--device", default="cpu", type=str, help="cpu, or cuda in .ci/gpu_check.sh")
 parser.add_argument(
     "--record", default="", type=str, help="test only: write each rank's run to RECORD.rankN.json"
 )
@@ -135,7 +136,7 @@ def main():
     if args.distributed:
         torch.distributed.init_process_group("gloo")
         args.rank = torch.distributed.get_rank()
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     random_seed(args.seed, args.rank)
 
     use_amp = "native" if args.amp else None

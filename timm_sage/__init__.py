@@ -12,7 +12,7 @@ from timm_sage.functional import (
 )
 from timm_sage.mixup import SageMixup, unwrap_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "CleanGradientLostWarning",

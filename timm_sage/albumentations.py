@@ -35,7 +35,8 @@ _METADATA_FIELDS = ("image", "label", "saliency", "anchor_saliency")
 
 
 class SageMix(ImageOnlyTransform):
-    """Mix an image with a partner by SAGE (SAGE.md): saliency-guided mask after the best translation.
+    """Mix an image with a partner by SAGE (docs/algorithm.md): a saliency-guided mask after the best
+    translation.
 
     Args:
         num_classes: number of classes of the soft label.

@@ -2,10 +2,13 @@
 
 Every entry point derives from this class: :class:`timm_sage.SageMixup`'s keyword arguments, the
 plugin's and launcher's ``--sage-*`` flags, ``timm-sage train``'s ``sage_*`` YAML keys, the torchvision
-and albumentations transforms, and the option table of ``docs/algorithm.md``. Adding an option means
-adding one field here (with its ``help``) and using it.
+and albumentations transforms, and every options table of the docs (``python -m
+timm_sage.tools.docs_options --write``). Adding an option means adding one field here, with its
+``help`` and where its default comes from (``origin``, ``reference``, ``recipes``), and using it.
 
-Defaults are the reference code's (SAGE.md); the study and cost options default to the paper's method.
+Most defaults are the reference code's (the authors' SamsungLabs/SAGE); ``upper_lambda`` and
+``rand_pos`` default to the value of the paper's CIFAR recipes instead, and the recipes also set
+``update_ratio`` below our (and the reference code's) default of 1. Each field's metadata says which.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from typing import Any
 from timm_sage.core import checks
 
 __all__ = [
+    "DEFAULT_ORIGINS",
     "SAGE_DEFAULTS",
+    "SEED_HELP",
     "OptionInfo",
     "SageConfig",
     "add_option_arguments",
     "config_from_args",
+    "option_help",
     "option_infos",
 ]
 
@@ -34,13 +40,45 @@ SALIENCY_MODES = ("train", "eval")
 CLEAN_TERMS = ("separate_pass", "in_batch")
 
 
-def _option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, kind: type = float) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
+# Where a default comes from: "reference", the authors' code (its argparse default, or what it always
+# does when it has no such option); "recipe", the value the paper's CIFAR recipes pass, where the
+# reference code's own default differs.
+DEFAULT_ORIGINS = ("reference", "recipe")
+
+# sage_seed is an option of the entry points (the mixer's seed), not of SageConfig; its default differs
+# between them (timm_sage.plugin.SEED_DEFAULT, timm_sage.train.config.SAGE_SEED_DEFAULT).
+SEED_HELP = "seed of SAGE's random draws (pairing, prior, candidate translations)"
+
+
+def _option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    kind: type = float,
+    origin: str | None = None,
+    reference: str | None = None,
+    recipes: str | None = None,
+    paper: str | None = None,
+) -> Any:
+    """A SageConfig field with the metadata that the flags, the YAML keys and the docs are made from.
+
+    ``help``: what the option means, one phrase, without the default (added where it is shown).
+    ``origin``: where the default comes from, one of :data:`DEFAULT_ORIGINS` (``tests/test_docs_options.py``
+    requires it). ``reference``: the reference code's flag and default, or what it does without one.
+    ``recipes``: the values the paper's CIFAR recipes pass, when they set the option (None: they leave it
+    at the reference code's default). ``paper``: what the paper calls it (None: not in the paper).
+    """
+    if origin is not None and origin not in DEFAULT_ORIGINS:
+        raise ValueError(f"origin must be one of {DEFAULT_ORIGINS}, got {origin!r}")
+    metadata = {"help": help, "choices": choices, "kind": kind}
+    metadata.update(origin=origin, reference=reference, recipes=recipes, paper=paper)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
 class SageConfig:
-    """The SAGE options (SAGE.md), validated once at construction.
+    """The SAGE options (docs/algorithm.md; Ma et al., BMVC 2022), validated once at construction.
 
     Raises:
         TypeError: a value of the wrong type (named).
@@ -48,50 +86,77 @@ class SageConfig:
             (``blur_kernel`` even; ``saliency_size`` with ``saliency_scale < 1``), naming the options.
     """
 
-    upper_lambda: float = _option(0.6, "cap of the anchor's prior share: prior = Beta(a, a) * upper_lambda")
-    rand_pos: float = _option(0.01, "fraction of the (2H-1)(2W-1) translations evaluated per batch")
+    upper_lambda: float = _option(
+        0.6, "cap of the anchor's prior share: prior = Beta(a, a) * upper_lambda", origin="recipe",
+        paper="upper bound on the anchor's prior share",
+        reference="--upper_lambda 1.0",
+        recipes="0.6 CIFAR-10 PreActResNet18, 0.5 CIFAR-100 PreActResNet18, 0.7 WRN16-8 and ResNeXt29-4-24",
+    )  # fmt: skip
+    rand_pos: float = _option(
+        0.01, "fraction of the (2H-1)(2W-1) translations evaluated per batch", origin="recipe",
+        reference="--rand_pos 0.5", recipes="0.01", paper="share of the translations searched",
+    )  # fmt: skip
     update_ratio: float = _option(
-        1.0, "r of the loss (1 - r) * l_clean + r * l_mixed; 1: the clean pass serves saliency only"
-    )
+        1.0, "r of the loss (1 - r) * l_clean + r * l_mixed; 1: the clean pass serves saliency only",
+        origin="reference", reference="--update_ratio 1.0", paper="weight r of the mixed loss",
+        recipes="0.7 PreActResNet18, 0.5 WRN16-8 and ResNeXt29-4-24",
+    )  # fmt: skip
     search_size: int | None = _option(
-        None, "search on saliency maps sum-pooled to at most this side (None: exact search)", kind=int
-    )
+        None, "search on saliency maps sum-pooled to at most this side; None: the exact search", kind=int,
+        origin="reference", reference="no option, always the exact search",
+    )  # fmt: skip
     saliency_loss: str = _option(
         "bce_softmax",
-        "loss of the saliency pass (reference: BCE of softmax)",
+        "loss of the saliency pass: bce_softmax (BCE of softmax) or cross_entropy (the paper's task loss)",
         choices=SALIENCY_LOSSES,
         kind=str,
+        origin="reference",
+        reference="no option, BCE of softmax against the one-hot label",
+        paper="the task loss",
     )
     saliency_reduce: str = _option(
-        "mean_abs", "channel reduction of the input gradient (reference: mean |g|)",
-        choices=SALIENCY_REDUCTIONS, kind=str,
+        "mean_abs", "channel reduction of the input gradient: mean_abs (mean |g|) or l2 (the paper's text)",
+        choices=SALIENCY_REDUCTIONS, kind=str, origin="reference",
+        reference="no option, mean of |gradient| over channels", paper="L2 norm over channels",
     )  # fmt: skip
-    blur_kernel: int = _option(5, "Gaussian blur kernel of the saliency maps (odd)", kind=int)
-    blur_sigma: float = _option(1.0, "Gaussian blur sigma, in pixels")
+    blur_kernel: int = _option(
+        5, "Gaussian blur kernel of the saliency maps (odd)", kind=int, origin="reference",
+        reference="--kernel_size 5", paper="Gaussian smoothing of the saliency",
+    )  # fmt: skip
+    blur_sigma: float = _option(
+        1.0, "Gaussian blur sigma, in pixels", origin="reference", reference="--blur_sigma 1.0",
+        paper="Gaussian smoothing of the saliency",
+    )  # fmt: skip
     saliency_scale: float = _option(
         1.0,
         "cheap saliency: the saliency pass runs on the batch resized by this factor in (0, 1]; pair it with "
         "update_ratio 1 (below 1 the clean loss term is taken on the resized batch)",
+        origin="reference",
+        reference="no option, full resolution",
     )
     rearrangement: str = _option(
         "search", "partner placement: search (paper), or the ablations none / random", choices=REARRANGEMENTS,
-        kind=str,
+        kind=str, origin="reference", reference="no option, always the search",
+        paper="the optimal rearrangement: the search over translations",
     )  # fmt: skip
     saliency_mode: str = _option(
-        "train", "the model's mode in the saliency pass: train (reference default; BatchNorm uses batch "
-        "statistics) or eval (the reference's --eval_mode: running statistics)", choices=SALIENCY_MODES,
+        "train", "the model's mode in the saliency pass: train (BatchNorm uses the batch's statistics) or "
+        "eval (its running statistics, the reference code's --eval_mode)", choices=SALIENCY_MODES,
+        origin="reference", reference="--eval_mode False", paper="train mode",
         kind=str,
     )  # fmt: skip
     saliency_size: int | None = _option(
         None, "cheap saliency at a fixed size: the saliency pass runs on the batch resized so that its "
         "shorter side is this many pixels (aspect kept); images at most this size run at full resolution. "
-        "Not with saliency_scale < 1 (None: no fixed size)", kind=int,
+        "Not with saliency_scale < 1; None: no fixed size", kind=int,
+        origin="reference", reference="no option, full resolution",
     )  # fmt: skip
     clean_term: str = _option(
         "separate_pass", "how the (1 - r) clean loss term is trained: separate_pass (reference: the "
         "saliency pass's backward adds (1 - r) d l_clean / d params) or in_batch (a share 1 - r of the "
         "batch stays unmixed, the saliency pass computes input gradients only, loss weight 1)",
-        choices=CLEAN_TERMS, kind=str,
+        choices=CLEAN_TERMS, kind=str, origin="reference",
+        reference="no option, the clean loss's gradient from the saliency pass's own backward",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -175,21 +240,48 @@ class SageConfig:
 @dataclass(frozen=True)
 class OptionInfo:
     """One option, for flags, YAML keys and docs: ``name``, ``kind`` (float, int or str), ``default``,
-    ``choices`` (None when free) and ``help``."""
+    ``choices`` (None when free), ``help``, where the default comes from (``origin``, ``reference``,
+    ``recipes``) and the paper's name for it (``paper``): see :func:`_option`."""
 
     name: str
     kind: type
     default: Any
     choices: tuple[str, ...] | None
     help: str
+    origin: str | None = None
+    reference: str | None = None
+    recipes: str | None = None
+    paper: str | None = None
+
+    @property
+    def shown_default(self) -> str:
+        """The default as a user writes it: ``0.6``, ``1.0``, ``None``, ``bce_softmax``."""
+        return str(self.default)
+
+    @property
+    def default_note(self) -> str:
+        """Where the default comes from, in words (empty when the field does not say)."""
+        if self.origin == "recipe":
+            return f"the paper's recipe value; recipes: {self.recipes}; reference code: {self.reference}"
+        if self.origin == "reference":
+            recipes = f"; recipes: {self.recipes}" if self.recipes else ""
+            return f"the reference code's: {self.reference}{recipes}"
+        return ""
 
 
-def option_infos() -> tuple[OptionInfo, ...]:
-    """Every option of :class:`SageConfig`, in declaration order."""
+def option_infos(config: type | None = None) -> tuple[OptionInfo, ...]:
+    """Every option of :class:`SageConfig` (or of the dataclass ``config``), in declaration order."""
+    keys = ("kind", "choices", "help", "origin", "reference", "recipes", "paper")
     return tuple(
-        OptionInfo(f.name, f.metadata["kind"], f.default, f.metadata["choices"], f.metadata["help"])
-        for f in dataclasses.fields(SageConfig)
+        OptionInfo(name=f.name, default=f.default, **{key: f.metadata.get(key) for key in keys})
+        for f in dataclasses.fields(SageConfig if config is None else config)
     )
+
+
+def option_help(info: OptionInfo) -> str:
+    """The help text of the option's flag: meaning, default and where it comes from (argparse-safe)."""
+    note = f", {info.default_note}" if info.default_note else ""
+    return f"{info.help} (default {info.shown_default}{note})".replace("%", "%%")
 
 
 SAGE_DEFAULTS = SageConfig()
@@ -204,7 +296,7 @@ def add_option_arguments(
         info = infos[name]
         parser.add_argument(
             f"--{prefix}{name.replace('_', '-')}", dest=f"{prefix.replace('-', '_')}{name}", type=info.kind,
-            choices=info.choices, default=info.default, help=f"{info.help} (default {info.default})",
+            choices=info.choices, default=info.default, help=option_help(info),
         )  # fmt: skip
 
 

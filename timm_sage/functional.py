@@ -1,8 +1,8 @@
 """Public pure-tensor API of SAGE: saliency, candidate translations, mixing and soft targets.
 
-The contract is SAGE.md (saliency-guided mixup with optimal rearrangements). Every function is
-device-agnostic and batched; none keeps state or draws random numbers except
-:func:`sample_translations`, which takes an explicit ``torch.Generator``.
+The algorithm is SAGE (saliency-guided mixup with optimal rearrangements, Ma et al., BMVC 2022), as
+docs/algorithm.md states it. Every function is device-agnostic and batched; none keeps state or draws
+random numbers except :func:`sample_translations`, which takes an explicit ``torch.Generator``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def sample_translations(
 
     ``K = max(1, floor((2H-1)(2W-1) * rand_pos))`` of the ``(2H-1)(2W-1)`` shifts with some overlap.
     With ``search_size``, the shifts are drawn on the pooled grid that :func:`sage_mix` searches with
-    the same ``search_size`` (so K follows the pooled size) and returned in full-resolution pixels.
+    the same ``search_size`` (so K follows the pooled size) and returned in full-resolution pixels;
+    being drawn without replacement there, no two share a pooled shift (nothing to de-duplicate).
 
     Returns:
         (K, 2) int64 ``(dy, dx)``, on ``device`` (default: the generator's device, else CPU).
@@ -120,7 +121,9 @@ def sample_sage_params(
     """Draw one batch's partner permutation, prior ``Beta(alpha, alpha) * upper_lambda`` and candidates.
 
     The Beta draw comes from ``rng``; without one, a numpy generator is seeded from ``generator``, so the
-    torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``.
+    torch generator alone fixes every draw. ``perm`` and ``translations`` come from ``generator``, a CPU
+    generator (a CUDA one is a ValueError naming ``generator``): the draws are host tensors, which the
+    SAGE step sends to the device in one copy.
 
     ``rearrangement`` chooses the candidates (:data:`REARRANGEMENTS`): ``"search"`` draws
     :func:`sample_translations`' K shifts (the paper); ``"none"`` gives the single zero shift;
@@ -135,6 +138,7 @@ def sample_sage_params(
     """
     _checks.check_choice("rearrangement", rearrangement, REARRANGEMENTS)
     _checks.check_fraction("clean_share", clean_share)
+    _checks.check_host_generator("generator", generator)
     if rng is None:
         rng = np.random.default_rng(int(torch.randint(0, 2**63 - 1, (1,), generator=generator)))
     prior = float(rng.beta(alpha, alpha)) * upper_lambda
@@ -242,9 +246,12 @@ def _check_mix_inputs(
     batch, _, height, width = x_shape
     saliency = check_saliency(saliency, x_shape).detach().to(device)
     perm = _checks.check_permutation("perm", perm, batch).to(device)
-    translations = _check_translations(translations, height, width, "translations").to(device)
+    translations = _check_translations(translations, height, width, "translations")
     if search_size is not None:
         _checks.check_positive_int("search_size", search_size)
+        # Repeated pooled shifts are dropped here, on the host, so the device never de-duplicates.
+        translations = _search.first_of_each_pooled_shift(translations.cpu(), height, width, search_size)
+    translations = translations.to(device)
     if chunk_elements is not None:
         _checks.check_positive_int("chunk_elements", chunk_elements)
     return saliency, perm, _check_prior(prior, batch, device), translations

@@ -25,7 +25,15 @@ from typing import Any
 
 from timm_sage import plugin
 
-__all__ = ["MODULE_NAME", "NotATrainScript", "add_sage_arguments", "load_train_script", "main", "run"]
+__all__ = [
+    "MODULE_NAME",
+    "NotATrainScript",
+    "add_sage_arguments",
+    "load_train_script",
+    "main",
+    "run",
+    "sage_help",
+]
 
 MODULE_NAME = "__timm_sage_train__"
 
@@ -57,8 +65,17 @@ def add_sage_arguments(parser: argparse.ArgumentParser) -> None:
             type=kind,
             choices=choices,
             default=None,
+            metavar=None if choices else ("N" if kind is int else "X"),
             help=help_text,
         )
+
+
+def sage_help() -> str:
+    """The help of the ``--sage-*`` flags (meaning, default, where the default comes from), as
+    ``timm-sage-train --help`` and train.py's own ``--help`` under the launcher show them."""
+    parser = argparse.ArgumentParser(prog="timm-sage-train", usage=argparse.SUPPRESS, add_help=False)
+    add_sage_arguments(parser)
+    return parser.format_help()
 
 
 def load_train_script(path: str | Path) -> ModuleType:
@@ -131,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         print(__doc__)
+        print(sage_help())
         return 0 if argv else 2
     try:
         run(argv[0], argv[1:])

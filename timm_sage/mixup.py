@@ -112,7 +112,7 @@ _WATCHED_TERMS = 4
 
 
 class SageMixup(Mixup):
-    """Drop-in for ``timm.data.Mixup`` with ``mode="sage"`` (SAGE.md).
+    """Drop-in for ``timm.data.Mixup`` with ``mode="sage"`` (docs/algorithm.md).
 
     timm's arguments keep their names, defaults and meaning. In ``"sage"`` mode SAGE takes the place of
     mixup (``mixup_alpha`` is the Beta parameter of the prior); with ``cutmix_alpha > 0`` too,
@@ -140,8 +140,14 @@ class SageMixup(Mixup):
     Other options:
         model: the live model (or bind later with :meth:`bind`); saliency is recomputed from it at
             every call. DDP, DataParallel, ``torch.compile`` and timm EMA wrappers are unwrapped.
-        seed / generator: source of every SAGE-mode random draw (a torch generator for the
-            permutation and candidates, a numpy generator seeded from it for the Beta and coin draws).
+        seed / generator: source of the SAGE-mode random draws (a CPU torch generator for the
+            permutation and candidates, a numpy generator seeded from it for the Beta prior and CutMix
+            boxes). A CUDA generator is a ValueError: the draws are made on the host.
+        coin_seed: seed of the per-batch choice of method (mix or not with ``prob``, CutMix or SAGE with
+            ``switch_prob``), drawn from its own generator; default: the generator's seed. Under DDP
+            give every rank the same ``coin_seed`` and its own ``seed``: all ranks then take the same
+            method at every step (the saliency pass's SyncBatchNorm needs every rank) while partners
+            and candidates stay per rank. The timm plugin does this (train.py's ``--seed``).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
         grad_scaler: deprecated and ignored (a DeprecationWarning): the clean gradient is scaled by the
             caller's own scaled backward.
@@ -183,6 +189,7 @@ class SageMixup(Mixup):
         clean_term: str = _D.clean_term,
         seed: int | None = None,
         generator: torch.Generator | None = None,
+        coin_seed: int | None = None,
         amp_dtype: torch.dtype | None = None,
         grad_scaler: Any = None,
     ) -> None:
@@ -232,7 +239,9 @@ class SageMixup(Mixup):
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(f"amp_dtype must be a torch.dtype or None, got {type(amp_dtype).__name__}")
         self.amp_dtype = amp_dtype
-        _checks.check_generator("generator", generator)
+        _checks.check_host_generator("generator", generator)
+        if coin_seed is not None:
+            _checks.check_positive_int("coin_seed", coin_seed, minimum=0)
         if generator is None:
             generator = torch.Generator()
             if seed is not None:
@@ -245,6 +254,10 @@ class SageMixup(Mixup):
         # Host-side draws (coin flips, Beta, CutMix boxes) from numpy, seeded once from the generator's
         # seed: drawing them never reads a tensor back.
         self.host_rng = np.random.default_rng([generator.initial_seed(), 0x5A6E])
+        # The per-batch method coins from their own stream, so that ranks given one coin_seed agree.
+        self.coin_rng = np.random.default_rng(
+            [coin_seed if coin_seed is not None else generator.initial_seed(), 0xC014]
+        )
         _check_grad_scaler(grad_scaler)
         self.model: nn.Module | None = None
         if model is not None:
@@ -287,12 +300,18 @@ class SageMixup(Mixup):
 
     # -- random draws and their state ------------------------------------------------------------
     def rng_state(self) -> dict[str, Any]:
-        """Both generators' states (a uint8 tensor and plain ints): checkpoint-safe under weights_only."""
-        return {"generator": self.generator.get_state(), "host": self.host_rng.bit_generator.state}
+        """Every generator's state (a uint8 tensor and plain ints): checkpoint-safe under weights_only."""
+        return {
+            "generator": self.generator.get_state(),
+            "host": self.host_rng.bit_generator.state,
+            "coin": self.coin_rng.bit_generator.state,
+        }
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.host_rng.bit_generator.state = state["host"]
+        if "coin" in state:  # checkpoints of 0.1 have none: the coins then go on from the seed
+            self.coin_rng.bit_generator.state = state["coin"]
 
     def draw_sage_params(
         self, batch: int, height: int, width: int, rng: np.random.Generator | None = None
@@ -336,12 +355,12 @@ class SageMixup(Mixup):
         batch = x.shape[0]
         if batch == 0:
             raise ValueError("x is an empty batch (B = 0); there is nothing to mix")
-        rng = self.host_rng
-        use_mixing = self.mixup_enabled and rng.random() < self.mix_prob
+        rng, coin = self.host_rng, self.coin_rng
+        use_mixing = self.mixup_enabled and coin.random() < self.mix_prob
         use_cutmix = (
             use_mixing
             and self.cutmix_alpha > 0
-            and (self.mixup_alpha <= 0 or rng.random() < self.switch_prob)
+            and (self.mixup_alpha <= 0 or coin.random() < self.switch_prob)
         )
         # A mixer bound to a live model is the training hot path: shapes and dtypes are checked, values
         # are not (no host reads). Without one (saliency given, a data pipeline) every value is checked.

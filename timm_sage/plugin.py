@@ -46,11 +46,13 @@ train.py behaves exactly as stock timm.
 * ``--amp``: the saliency pass runs under ``torch.autocast`` with train.py's AMP dtype (train.py mixes
   before entering its own autocast).
 * ``--channels-last``: the saliency pass follows the model's memory format.
-* Seeds: ``sage_seed`` when given, else ``torch.initial_seed()`` (train.py seeds it with seed + rank).
+* Seeds: partners and candidates per rank, ``torch.initial_seed()`` (train.py seeds it with
+  ``--seed`` + rank), or ``sage_seed`` + rank when given. The per-batch choice of method (``--mixup-prob``,
+  CutMix or SAGE with ``--mixup-switch-prob``) comes from a coin generator seeded alike on every rank
+  (train.py's ``--seed``, or ``sage_seed``), so all ranks run the saliency pass on the same steps, as
+  ``--sync-bn`` needs (its BatchNorm synchronises across ranks).
 
-Limits: with ``--sync-bn`` every rank must run the saliency pass on the same steps (its BatchNorm
-synchronises across ranks); set ``sage_seed`` so that all ranks make the same per-batch choices.
-Random erasing on the prefetcher path runs before SAGE (stock timm erases after mixing).
+Limits: random erasing on the prefetcher path runs before SAGE (stock timm erases after mixing).
 """
 
 from __future__ import annotations
@@ -67,11 +69,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from timm_sage.config import SageConfig, option_infos
+from timm_sage.config import SEED_HELP, SageConfig, option_help, option_infos
 from timm_sage.mixup import SageMixup
 
 __all__ = [
     "SAGE_OPTIONS",
+    "SEED_DEFAULT",
     "DeferredSageCollate",
     "DeviceMixLoader",
     "PluginSageMixup",
@@ -85,12 +88,20 @@ _logger = logging.getLogger(__name__)
 
 STATE_KEY = "__timm_sage_plugin__"
 
+# The default of sage_seed here: train.py seeds torch with its --seed plus the rank before main() mixes.
+SEED_DEFAULT = "torch.initial_seed(), which train.py sets to its seed + rank"
+
 # option name (SageMixup keyword) -> (argparse type, choices, help); on args as ``sage_<name>``.
-# Every SageConfig option (its help and default), plus the mixer's seed.
+# Every SageConfig option (its meaning, default and where the default comes from), plus the mixer's seed.
 SAGE_OPTIONS: dict[str, tuple[Callable[[str], Any], tuple[str, ...] | None, str]] = {
-    info.name: (info.kind, info.choices, f"{info.help} (default {info.default})") for info in option_infos()
+    info.name: (info.kind, info.choices, option_help(info)) for info in option_infos()
 }
-SAGE_OPTIONS["seed"] = (int, None, "seed of SAGE's random draws (default: torch.initial_seed())")
+SAGE_OPTIONS["seed"] = (
+    int,
+    None,
+    f"{SEED_HELP}, plus the rank; also seeds the method coins that all ranks share (default "
+    f"{SEED_DEFAULT}, and train.py's --seed for the coins)",
+)
 
 _current: PluginState | None = None
 
@@ -123,14 +134,34 @@ class PluginState:
                 mixer.model = None  # rebind lazily, at the next call
 
     def new_mixer(self, mixup_args: dict[str, Any]) -> PluginSageMixup:
-        """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options."""
+        """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options.
+
+        Seeds: partners and candidates per rank, method coins shared by every rank (see the module
+        docstring).
+        """
         options = dict(self.options)
+        rank = _rank(self.args)
         if options.get("seed") is None:
-            options["seed"] = torch.initial_seed()
-        mixer = PluginSageMixup(**mixup_args, **options)
+            options["seed"] = torch.initial_seed()  # train.py seeded it with --seed + rank
+            base_seed = getattr(self.args, "seed", None)
+            coin_seed = base_seed if isinstance(base_seed, int) and base_seed >= 0 else options["seed"]
+        else:
+            coin_seed = options["seed"]
+            options["seed"] += rank
+        mixer = PluginSageMixup(**mixup_args, **options, coin_seed=coin_seed)
         mixer.plugin_state = self
         self.mixers.append(mixer)
         return mixer
+
+
+def _rank(args: argparse.Namespace | None) -> int:
+    """This process's rank: train.py's ``args.rank``, else the process group's, else 0."""
+    rank = getattr(args, "rank", None)
+    if isinstance(rank, int):
+        return rank
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
 
 
 class PluginSageMixup(SageMixup):

@@ -73,7 +73,7 @@ def _transform_config(config: SageConfig | None, options: dict[str, Any]) -> Sag
 
 
 class SAGE(Transform):
-    """Saliency-guided mixup with optimal rearrangements (SAGE.md) on a batch, like ``v2.MixUp``.
+    """Saliency-guided mixup with optimal rearrangements (Ma et al., BMVC 2022) on a batch, like ``v2.MixUp``.
 
     Call it on a batch: ``images`` (B, C, H, W) ``tv_tensors.Image`` or plain tensor (float, or integer
     with precomputed saliency), ``labels`` (B,) integer or (B, num_classes) probabilities. It returns the

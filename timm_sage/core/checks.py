@@ -73,3 +73,16 @@ def check_generator(name: str, value: Any) -> torch.Generator | None:
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__}")
     return value
+
+
+def check_host_generator(name: str, value: Any) -> torch.Generator | None:
+    """A CPU ``torch.Generator`` or None: SAGE draws its permutations and candidates on the host, where
+    they are de-duplicated and read without a device sync, then sent to the device in one copy."""
+    check_generator(name, value)
+    if value is not None and value.device.type != "cpu":
+        raise ValueError(
+            f"{name} must be a CPU torch.Generator (SAGE draws its permutation and candidate translations "
+            f"on the host and copies them to the device), got a generator on {value.device}; pass "
+            f"torch.Generator() seeded as you like, or seed="
+        )
+    return value

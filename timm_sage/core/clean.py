@@ -32,13 +32,16 @@ class CleanGradients:
     """``(1 - r) * d l_clean / d params`` of one SAGE call, kept for the caller's backward.
 
     ``params``: the parameters that received a gradient (model order). ``flat``: their gradients in one
-    float32 buffer (zeros where the saliency pass was not finite); :attr:`pieces`: views of it, one per
+    float32 buffer (zeros where the saliency pass was not finite), to be multiplied by ``factor`` (the
+    saliency pass's ``(1 - r) / loss_scale``, applied in the pass that uses them):
+    ``flat * factor`` is ``(1 - r) * d l_clean / d params``. :attr:`pieces`: views of ``flat``, one per
     parameter, in its shape (made at the first backward). ``consumed`` turns True in the first backward
     through a product; ``products`` counts the products whose autograd graph is still alive.
     """
 
-    def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
+    def __init__(self, params: Sequence[torch.Tensor], flat: torch.Tensor, factor: float = 1.0) -> None:
         self.params = list(params)
+        self.factor = float(factor)
         self.flat: torch.Tensor | None = flat
         self._pieces: list[torch.Tensor] | None = None
         self.consumed = False
@@ -103,7 +106,7 @@ class _CleanTerm(torch.autograd.Function):
         clean.consumed = True
         # The product's own gradient: what reached it from the loss (scale, divisor) summed over its
         # elements, so a per-image loss weighted and then averaged still counts the clean term once.
-        total = (grad_output.sum() if grad_output.ndim else grad_output).float()
+        total = (grad_output.sum() if grad_output.ndim else grad_output).float() * clean.factor
         wanted = ctx.needs_input_grad[4:]
         params = [piece for piece, need in zip(clean.pieces, wanted, strict=True) if need]
         scaled = iter(torch._foreach_mul(params, total) if params else [])

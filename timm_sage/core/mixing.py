@@ -1,4 +1,4 @@
-"""The mixing kernels on trusted inputs (SAGE.md sections 2-4): normalise, plan, apply, targets.
+"""The mixing kernels on trusted inputs (docs/algorithm.md sections 2-4): normalise, plan, apply, targets.
 
 Nothing here checks values or reads a device value back to the host: the public, checked versions are
 in :mod:`timm_sage.functional`, and the SAGE step (:mod:`timm_sage.core.step`) calls these directly.
@@ -29,7 +29,7 @@ class SagePlan(NamedTuple):
 def normalise_saliency(
     saliency: torch.Tensor, perm: torch.Tensor, prior: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prior-weighted maps ``(s0, s1)`` of SAGE.md section 2, each (B, H, W) float32.
+    """Prior-weighted maps ``(s0, s1)`` of docs/algorithm.md section 2, each (B, H, W) float32.
 
     ``s0 = prior * s / sum(s)``, ``s1 = (1 - prior) * s[perm] / sum(s[perm])``. A map that is all zeros
     counts as uniform. Scaling by the per-image maximum first keeps huge and denormal values finite.
@@ -55,8 +55,8 @@ def plan(
     """Search the best of ``translations`` for each image and build its mask and label share.
 
     ``saliency`` (B, H, W), ``perm`` (B,) long, ``prior`` (B,) float32, ``translations`` (K, 2) long,
-    all on one device. No data-dependent Python control flow: the exact search traces with no graph
-    break; the pooled one (``search_size``) breaks once at ``torch.unique``.
+    all on one device. No data-dependent Python control flow and no op whose output size depends on
+    values: the search, exact or pooled (``search_size``), traces with no graph break and never syncs.
     """
     s0, s1 = normalise_saliency(saliency, perm, prior)
     best = search.best_translation(

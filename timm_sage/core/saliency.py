@@ -1,5 +1,5 @@
-"""Saliency of the live model (SAGE.md section 1): one forward/backward on the clean batch, the input
-gradient reduced over channels and smoothed. Public through :mod:`timm_sage.functional`."""
+"""Saliency of the live model (docs/algorithm.md section 1): one forward/backward on the clean batch,
+the input gradient reduced over channels and smoothed. Public through :mod:`timm_sage.functional`."""
 
 from __future__ import annotations
 
@@ -133,6 +133,9 @@ def _logits_of(model: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tens
 
 
 def _clean_loss(logits: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """The clean loss (0-dim float32) of ``logits`` (B, num_classes), computed in float32. The caller runs
+    it with autocast off: CUDA autocast refuses ``binary_cross_entropy`` outright, and a loss averaged over
+    ``B * num_classes`` values is no place for half precision."""
     logits = logits.float()
     num_classes = logits.shape[-1]
     if target.is_floating_point():
@@ -176,6 +179,21 @@ def pass_size(height: int, width: int, *, scale: float = 1.0, size: int | None =
     return (max(1, round(height * size / short)), max(1, round(width * size / short)))
 
 
+def saliency_loss_scale(batch: int, num_classes: int, loss: str) -> float:
+    """The power of two the clean loss is multiplied by before its backward (shapes only, no host read).
+
+    The clean loss is a mean: over ``B * num_classes`` values for ``"bce_softmax"``, over ``B`` images
+    for ``"cross_entropy"``, so each logit's gradient is about ``1 / (B * num_classes)`` (``1 / B``) of
+    a per-image one. Under float16 autocast the backward through the model then flushes the input
+    gradient to zero (every map of a B=32, 1000-class batch, measured). Scaled by the smallest power of
+    two at least that count, the backward sees per-image gradients (a logit's is at most about 1),
+    far from float16's smallest normal (6e-5) and its largest value (65504). A power of two, so that
+    undoing it in float32 is exact.
+    """
+    count = batch * num_classes if loss == "bce_softmax" else batch
+    return float(2 ** max(0, (count - 1).bit_length()))
+
+
 def saliency_pass(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -192,10 +210,13 @@ def saliency_pass(
 ) -> SaliencyPass:
     """One forward and backward of ``model`` on the clean batch; smoothed input-gradient saliency.
 
-    The model runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast the
-    caller is in. With ``param_grad_weight == 0`` only the input gradient is computed, so no
-    parameter's ``.grad`` is touched and no weight gradient is paid for. With ``param_grad_weight = w > 0``
-    the same backward also accumulates ``w * d(loss)/d(param)`` into ``.grad`` (SAGE.md section 5).
+    The model's forward runs in whatever mode it is in (SAGE uses train mode) and under whatever autocast
+    the caller is in; the loss, its backward and the maps run in float32 with autocast off, and the
+    loss is scaled by :func:`saliency_loss_scale` before its backward (undone in float32 afterwards) so
+    that float16 gradients neither underflow nor overflow. With ``param_grad_weight == 0`` only the
+    input gradient is computed, so no parameter's ``.grad`` is touched and no weight gradient is paid
+    for. With ``param_grad_weight = w > 0`` the same backward also accumulates ``w * d(loss)/d(param)``
+    into ``.grad`` (docs/algorithm.md section 5).
 
     Args:
         model: callable mapping (B, C, H, W) to logits (B, num_classes).
@@ -205,9 +226,8 @@ def saliency_pass(
         reduce: ``"mean_abs"`` (reference: mean of |grad| over channels) or ``"l2"`` (paper).
         blur_kernel, blur_sigma: Gaussian smoothing, see :func:`blur_maps`.
         param_grad_weight: weight of the clean loss in the parameters' ``.grad``.
-        backward_scale: a loss scaler's ``scale`` (e.g. ``GradScaler.scale``): the clean parameter
-            gradient enters ``.grad`` multiplied by its factor, as a backward of ``backward_scale(w *
-            loss)`` would leave it.
+        backward_scale: the loss scaler's ``scale`` (``GradScaler.scale``): the clean parameter gradient
+            enters ``.grad`` multiplied by it, as a backward of ``backward_scale(w * loss)`` leaves it.
         scale: cheap saliency (``saliency_scale``), a float in (0, 1]. Below 1 the pass runs on the batch
             resized to ``round(H * scale) x round(W * scale)`` (bilinear, antialiased) and the channel-
             reduced gradient map is resized back to H x W (bilinear) before smoothing: about
@@ -223,8 +243,8 @@ def saliency_pass(
 
     Returns:
         :class:`SaliencyPass` with ``saliency`` (B, H, W) float32, non-negative, detached, the clean
-        ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps' overall scale carries
-        ``param_grad_weight`` (it is the gradient of the weighted loss); SAGE
+        ``loss`` (0-dim float32, detached) and ``finite`` (0-dim bool). The maps come from the input
+        gradient of the clean loss itself, whatever ``param_grad_weight`` and ``backward_scale``; SAGE
         normalises each map, so only their shape matters. When the loss or any gradient is NaN or Inf,
         ``finite`` is False, the saliency is all NaN and the parameters' ``.grad`` receive zeros (never
         the bad values), so a caller can fall back to the unmixed batch (the SAGE step does).
@@ -260,10 +280,10 @@ def add_to_grad(
     """Accumulate kept clean gradients into the parameters' ``.grad`` (created where None), multiplied by
     ``backward_scale``'s factor (``backward_scale`` of a one: a GradScaler's current scale, on the
     device). ``torch._foreach_add_`` for the gradients that exist: no per-parameter launches."""
-    pieces = clean.pieces
+    factor = torch.full((), clean.factor, device=clean.flat.device)
     if backward_scale is not None:
-        factor = backward_scale(torch.ones((), device=clean.flat.device)).float()
-        pieces = torch._foreach_mul(pieces, factor)
+        factor = factor * backward_scale(torch.ones((), device=clean.flat.device)).float()
+    pieces = torch._foreach_mul(clean.pieces, factor)
     held = [(p, g) for p, g in zip(clean.params, pieces, strict=True) if p.grad is not None]
     for param, piece in zip(clean.params, pieces, strict=True):
         if param.grad is None:
@@ -291,11 +311,12 @@ def compute_saliency(
 
     Writes no ``.grad``: with ``param_grad_weight = w > 0`` the same backward's parameter gradients
     ``w * d(loss)/d(param)`` come back as :class:`~timm_sage.core.clean.CleanGradients` (float32, on the
-    device; zeros where the pass was not finite, decided with ``torch.where``), for the SAGE step's
-    :class:`~timm_sage.core.clean.LossWeight` or :func:`saliency_pass`'s ``.grad``; None when ``w == 0``
-    or no parameter received a gradient. ``clean_buffer``: a float32 tensor this call may overwrite to
-    hold them (a released earlier one, see :meth:`CleanGradients.release`), used when its size and
-    device fit: on a CPU a fresh buffer of the parameters' size costs page faults at every step.
+    device, with their factor; zeros where the pass was not finite, decided on the device), for the
+    SAGE step's :class:`~timm_sage.core.clean.LossWeight` or :func:`saliency_pass`'s ``.grad``; None
+    when ``w == 0`` or no parameter received a gradient. ``clean_buffer``: a float32 tensor this call
+    may overwrite to hold them (a released earlier one, see :meth:`CleanGradients.release`), used when
+    its size and device fit: on a CPU a fresh buffer of the parameters' size costs page faults at every
+    step.
     """
     height, width = x.shape[-2:]
     small = pass_size(height, width, scale=scale, size=size)
@@ -317,47 +338,64 @@ def compute_saliency(
         else []
     )
     with torch.enable_grad(), kept_running_statistics(model) if resized else contextlib.nullcontext():
-        logits = _logits_of(model, inputs)
+        logits = _logits_of(model, inputs)  # under the caller's autocast, if any
         if check_labels and not target.is_floating_point():  # the public boundary only: reads values
             num_classes = logits.shape[-1]
             if bool((target < 0).any()) or bool((target >= num_classes).any()):
                 raise ValueError(f"target labels must lie in [0, {num_classes - 1}] (the model's outputs)")
-        clean_loss = _clean_loss(logits, target, loss)
-        scaled = clean_loss * param_grad_weight if params else clean_loss
-        grad, *param_grads = torch.autograd.grad(scaled, [inputs, *params], allow_unused=True)
-    present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
-    # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
-    # overflows counts as not finite too), kept on the device. The parameter gradients are summed as one
-    # concatenated buffer (CleanGradients keeps it): one reduction, not one per parameter.
-    clean = None
-    totals = [clean_loss.detach().float(), grad.sum(dtype=torch.float32)]
-    if present:
-        pieces = [g.reshape(-1).float() for _, g in present]
-        numel = sum(piece.numel() for piece in pieces)
-        fits = (
-            clean_buffer is not None
-            and clean_buffer.dtype == torch.float32
-            and clean_buffer.device == grad.device
-            and clean_buffer.numel() == numel
-        )
-        flat = torch.cat(pieces, out=clean_buffer) if fits else torch.cat(pieces)
-        totals.append(flat.sum())
-    finite = torch.isfinite(torch.stack(totals).sum())
-    if present:
-        # Zeros where the pass was not finite, in place (a 0-dim mask broadcasts): no second buffer.
-        clean = CleanGradients([p for p, _ in present], flat.masked_fill_(~finite, 0.0))
-    # The caller's autocast must not push the reduction and the blur back into half precision.
-    with torch.autocast(device_type=grad.device.type, enabled=False):
-        grad = grad.float()
+        # The loss, its backward, the clean gradient and the maps run in float32 with autocast off, whatever
+        # the caller opened: CUDA autocast refuses binary_cross_entropy, and backward passes do not
+        # belong under autocast.
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            clean_loss = _clean_loss(logits.float(), target, loss)
+            loss_scale = saliency_loss_scale(logits.shape[0], logits.shape[1], loss)
+            grad, *param_grads = torch.autograd.grad(
+                clean_loss * loss_scale, [inputs, *params], allow_unused=True
+            )
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        grad = grad.float().mul_(1.0 / loss_scale)  # exact: a power of two, in float32
+        clean_loss = clean_loss.detach()
+        present = [(p, g) for p, g in zip(params, param_grads, strict=True) if g is not None]
+        flat = _concatenated(present, clean_buffer)
+        # NaN and Inf survive a sum, so one total checks the loss and every gradient (a finite total that
+        # overflows counts as not finite too), kept on the device.
+        totals = [clean_loss, grad.sum(dtype=torch.float32)]
+        totals += [flat.sum()] if flat is not None else []
+        finite = torch.isfinite(torch.stack(totals).sum())
+        clean = None
+        if flat is not None:
+            # Zeros where the pass was not finite, in place (a 0-dim mask broadcasts): no second buffer.
+            clean = CleanGradients(
+                [p for p, _ in present], flat.masked_fill_(~finite, 0.0), param_grad_weight / loss_scale
+            )
         channel_map = grad.abs().mean(1) if reduce == "mean_abs" else torch.linalg.vector_norm(grad, dim=1)
         if resized:
             # Bilinear interpolation of non-negative values stays non-negative.
             channel_map = F.interpolate(
                 channel_map[:, None], size=(height, width), mode="bilinear", align_corners=False
             )[:, 0]
-        saliency = blur_maps(channel_map, blur_kernel, blur_sigma)
-    saliency = torch.where(finite, saliency, math.nan)
-    return SaliencyPass(saliency, clean_loss.detach(), finite), clean
+        saliency = torch.where(finite, blur_maps(channel_map, blur_kernel, blur_sigma), math.nan)
+    return SaliencyPass(saliency, clean_loss, finite), clean
+
+
+# ---- the clean loss's parameter gradient: (1 - r) * d l_clean / d params, kept (docs/architecture.md) ----
+def _concatenated(
+    present: list[tuple[torch.Tensor, torch.Tensor]], buffer: torch.Tensor | None
+) -> torch.Tensor | None:
+    """The parameter gradients of the scaled backward, concatenated into one float32 buffer (``buffer``
+    when its size and device fit): one launch whatever the number of parameters. Their factor
+    (``param_grad_weight / loss_scale``) is applied where they are used, in the same pass."""
+    if not present:
+        return None
+    pieces = [g.reshape(-1).float() for _, g in present]
+    numel = sum(piece.numel() for piece in pieces)
+    fits = (
+        buffer is not None
+        and buffer.dtype == torch.float32
+        and buffer.device == pieces[0].device
+        and buffer.numel() == numel
+    )
+    return torch.cat(pieces, out=buffer) if fits else torch.cat(pieces)
 
 
 def saliency_map(

@@ -60,17 +60,18 @@ def default_chunk_elements(device: torch.device) -> int:
     return _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _CUDA_CHUNK_ELEMENTS
 
 
-def _shift_windows(maps: torch.Tensor) -> torch.Tensor:
-    """All H x W windows of the zero-padded maps, as a view.
+def _shift_windows(maps: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """All H x W windows of the maps padded with ``fill``, as a view.
 
     Args:
         maps: (B, H, W) float.
 
     Returns:
-        (B, 2H-1, 2W-1, H, W) view; ``[b, H-1-dy, W-1-dx]`` is map b shifted by ``(dy, dx)``.
+        (B, 2H-1, 2W-1, H, W) view; ``[b, H-1-dy, W-1-dx]`` is map b shifted by ``(dy, dx)``, with
+        ``fill`` where nothing is shifted in.
     """
     height, width = maps.shape[-2:]
-    padded = F.pad(maps, (width - 1, width - 1, height - 1, height - 1))
+    padded = F.pad(maps, (width - 1, width - 1, height - 1, height - 1), value=fill)
     return padded.unfold(1, height, 1).unfold(2, width, 1)
 
 
@@ -81,13 +82,27 @@ _OVERLAP_MIN_ELEMENTS = 1 << 14
 SEARCH_KERNELS = ("windows", "overlap")
 
 
-def _gain(shifted: torch.Tensor, s0: torch.Tensor, *, scratch: bool) -> torch.Tensor:
-    """Per pixel ``t * (t - s0) / max(s0 + t, eps)`` with ``t = shifted``, the score's only part that
-    depends on the translation: ``s0 * M + t * (1 - M) = s0 + t * (t - s0) / (s0 + t)``. It vanishes
-    where ``t`` is zero. With ``scratch`` the caller's ``shifted`` buffer is reused (overwritten)."""
-    gain = torch.sub(shifted, s0).mul_(shifted)
-    total = shifted.add_(s0) if scratch else torch.add(shifted, s0)
-    return gain.div_(total.clamp_min_(MASK_EPS))
+def _reciprocal(maps: torch.Tensor) -> torch.Tensor:
+    """``1 / maps`` (zeros give +inf), the form in which the search reads the maps."""
+    return torch.reciprocal(maps)
+
+
+def covered_sums(partner: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
+    """``sum(t)`` over the frame of each shifted partner ``t``: the partner's sum over the rectangle that
+    stays in the frame, from a summed-area table (float64, so that differences of large prefix sums
+    keep float32 accuracy). (B, H, W), (K, 2) -> (B, K) float32; gathers only, no host read."""
+    batch, height, width = partner.shape
+    table = F.pad(partner.double().cumsum(1).cumsum(2), (1, 0, 1, 0)).reshape(batch, -1)
+    dy, dx = translations[:, 0].to(partner.device), translations[:, 1].to(partner.device)
+    top, bottom = (-dy).clamp_min(0), height - dy.clamp_min(0)
+    left, right = (-dx).clamp_min(0), width - dx.clamp_min(0)
+    stride = width + 1
+
+    def corner(row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        return table[:, row * stride + col]
+
+    total = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
+    return total.float()
 
 
 def choose_kernel(anchor: torch.Tensor, translations: torch.Tensor) -> str:
@@ -113,19 +128,24 @@ def translation_scores(
     chunk_elements: int | None = None,
     kernel: str | None = None,
 ) -> torch.Tensor:
-    """Score ``v(tau)`` of every candidate translation for every image (SAGE.md section 3).
+    """Score ``v(tau)`` of every candidate translation for every image (docs/algorithm.md section 3).
 
     ``v(tau) = sum[s0 * M + t * (1 - M)]`` with ``t`` the partner map shifted by ``tau`` and
-    ``M = s0 / max(s0 + t, 1e-16)``, computed as ``sum(s0) + sum(t * (t - s0) / max(s0 + t, 1e-16))``
-    (equal where ``s0 + t >= 1e-16``; below it the two differ by less than 1e-16).
+    ``M = s0 / (s0 + t)``. Since ``s0 * M + t * (1 - M) = s0 + t - 2 * s0 * t / (s0 + t)``, it is computed
+    as ``sum(s0) + sum(t) - 2 * sum(1 / (1 / s0 + 1 / t))``: ``sum(t)`` from a summed-area table
+    (:func:`covered_sums`), the harmonic term from the maps' reciprocals (a zero gives +inf and its
+    term 0, as in the reference, whose ``max(s0 + t, 1e-16)`` floor changes a term by less than 1e-16).
+    Per candidate and pixel that is one add, one reciprocal and one sum, where the direct form takes six
+    passes: the kernel is memory-bound, so the passes are its cost (docs/benchmarks.md).
 
     Two kernels compute the same sums (equal up to float32 summation order):
 
-    * ``"windows"``: candidates in chunks of ``k``, each a (B, k, H*W) gather from a zero-padded view of
-      the partner maps; few launches (GPUs, ``torch.compile``), but full-frame and memory-bound.
+    * ``"windows"``: candidates in chunks of ``k``, each a (B, k, H*W) gather from an inf-padded view of
+      the partners' reciprocals; few launches (GPUs, ``torch.compile``), full-frame and memory-bound:
+      four element passes (gather write, add, reciprocal, sum), 32 bytes of traffic per element.
     * ``"overlap"``: one candidate at a time, only over the rectangle where the shifted partner overlaps
-      the frame (elsewhere the gain is zero): on average a quarter of the frame for the uniform
-      candidates of SAGE, in slices that stay in cache. 4-5x faster on a CPU from 64 x 64 up.
+      the frame (elsewhere the term is zero): on average a quarter of the frame for the uniform
+      candidates of SAGE, in slices that stay in cache. Several times faster on a CPU from 64 x 64 up.
 
     Args:
         anchor: (B, H, W) float32, the prior-weighted anchor maps ``s0``.
@@ -149,13 +169,14 @@ def translation_scores(
 
 def _overlap_scores(anchor: torch.Tensor, partner: torch.Tensor, translations: torch.Tensor) -> torch.Tensor:
     batch, height, width = anchor.shape
-    scores = torch.empty(batch, translations.shape[0], dtype=torch.float32, device=anchor.device)
+    inv_anchor, inv_partner = _reciprocal(anchor), _reciprocal(partner)
+    harmonic = torch.empty(batch, translations.shape[0], dtype=torch.float32, device=anchor.device)
     # Host values of a host tensor (the candidates are drawn on the host): no device read.
     for k, (dy, dx) in enumerate(translations.tolist()):
-        covered = anchor[:, max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
-        shifted = partner[:, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
-        torch.sum(_gain(shifted, covered, scratch=False), dim=(1, 2), out=scores[:, k])
-    return scores.add_(anchor.sum((1, 2)).unsqueeze(1))
+        covered = inv_anchor[:, max(0, dy) : height + min(0, dy), max(0, dx) : width + min(0, dx)]
+        shifted = inv_partner[:, max(0, -dy) : height - max(0, dy), max(0, -dx) : width - max(0, dx)]
+        torch.sum(torch.add(covered, shifted).reciprocal_(), dim=(1, 2), out=harmonic[:, k])
+    return _combine(anchor, partner, translations, harmonic)
 
 
 def _windows_scores(
@@ -165,18 +186,31 @@ def _windows_scores(
     pixels = height * width
     budget = chunk_elements or default_chunk_elements(anchor.device)
     chunk = max(1, budget // max(1, batch * pixels))
-    windows = _shift_windows(partner)
+    windows = _shift_windows(_reciprocal(partner), fill=math.inf)
     rows = (height - 1 - translations[:, 0]).to(anchor.device)
     cols = (width - 1 - translations[:, 1]).to(anchor.device)
-    s0 = anchor.reshape(batch, 1, pixels)
-    # Five in-place passes over one (B, k, H*W) pair of buffers (the kernel is memory-bound), not nine.
-    scores = []
+    inv_anchor = _reciprocal(anchor).reshape(batch, 1, pixels)
+    # Per chunk: the gather, then one add, one reciprocal and one sum over one (B, k, H*W) buffer. The
+    # sums go straight into one output (no small tensor per chunk between the large buffers, which
+    # fragments the CPU heap: measured +11 MB per chunk at B=64, 224 x 224 without it).
+    # Candidates first, so that each chunk's rows of the output are contiguous (an ``out=`` that
+    # torch.compile traces).
+    harmonic = torch.empty(translations.shape[0], batch, dtype=torch.float32, device=anchor.device)
     for start in range(0, translations.shape[0], chunk):
         shifted = windows[:, rows[start : start + chunk], cols[start : start + chunk]].reshape(
             batch, -1, pixels
         )
-        scores.append(_gain(shifted, s0, scratch=True).sum(-1))
-    return torch.cat(scores, dim=1) + anchor.sum((1, 2)).unsqueeze(1)
+        terms = shifted.add_(inv_anchor).reciprocal_().transpose(0, 1)
+        torch.sum(terms, dim=-1, out=harmonic[start : start + chunk])
+    return _combine(anchor, partner, translations, harmonic.t())
+
+
+def _combine(
+    anchor: torch.Tensor, partner: torch.Tensor, translations: torch.Tensor, harmonic: torch.Tensor
+) -> torch.Tensor:
+    """``sum(s0) + sum(t) - 2 * harmonic``, (B, K) float32."""
+    covered = covered_sums(partner, translations)
+    return covered.sub_(harmonic, alpha=2.0).add_(anchor.sum((1, 2)).unsqueeze(1))
 
 
 def shift_images(images: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
@@ -221,6 +255,42 @@ def pool_maps(maps: torch.Tensor, factor: int) -> torch.Tensor:
     return F.avg_pool2d(maps[:, None], factor, factor, ceil_mode=True, divisor_override=1)[:, 0]
 
 
+def pooled_shifts(translations: torch.Tensor, height: int, width: int, factor: int) -> torch.Tensor:
+    """Each candidate's nearest shift on the grid sum-pooled by ``factor``: (K, 2) long, on the
+    candidates' device, clamped to the pooled maps' range. Elementwise: no host read."""
+    pooled_height, pooled_width = math.ceil(height / factor), math.ceil(width / factor)
+    pooled = torch.round(translations.double() / factor).long()
+    rows = pooled[:, 0].clamp(-(pooled_height - 1), pooled_height - 1)
+    cols = pooled[:, 1].clamp(-(pooled_width - 1), pooled_width - 1)
+    return torch.stack((rows, cols), dim=1)
+
+
+def first_of_each_pooled_shift(
+    translations: torch.Tensor, height: int, width: int, search_size: int | None
+) -> torch.Tensor:
+    """Drop the candidates whose pooled shift (:func:`pooled_shifts`) an earlier candidate already has,
+    keeping the order: the pooled search then scores each pooled shift once and picks the same
+    candidate (the first of the best). On the host, where candidates are drawn (it reads values: give
+    it CPU tensors). Candidates from :func:`timm_sage.functional.sample_translations` with the same
+    ``search_size`` are distinct on the pooled grid already and come back unchanged.
+
+    Args:
+        translations: (K, 2) long CPU tensor of candidate ``(dy, dx)``.
+
+    Returns:
+        (K', 2) long, K' <= K, a subset of the rows of ``translations`` in their order.
+    """
+    factor = pooling_factor(height, width, search_size)
+    if factor == 1 or translations.shape[0] < 2:
+        return translations
+    pooled = pooled_shifts(translations, height, width, factor)
+    span = 2 * max(math.ceil(height / factor), math.ceil(width / factor)) + 1
+    keys = ((pooled[:, 0] + span) * (2 * span + 1) + pooled[:, 1] + span).tolist()
+    seen: set[int] = set()
+    keep = [k for k, key in enumerate(keys) if not (key in seen or seen.add(key))]
+    return translations if len(keep) == len(keys) else translations[keep]
+
+
 def best_translation(
     anchor: torch.Tensor,
     partner: torch.Tensor,
@@ -232,7 +302,10 @@ def best_translation(
     """Index of the best-scoring candidate for each image, the first one on ties.
 
     With ``search_size``, maps are sum-pooled by :func:`pooling_factor` and each candidate is scored
-    at its nearest pooled shift; candidates that share a pooled shift are scored once.
+    at its nearest pooled shift. Candidates that share a pooled shift are scored once each time they
+    appear (same score, so the first wins); :func:`first_of_each_pooled_shift` drops the repeats on
+    the host beforehand (the public ``sage_mix`` and ``plan`` do; the SAGE step's candidates have
+    none). No op here reads a value back or sizes an output from values.
 
     Args:
         anchor, partner: (B, H, W) float32 prior-weighted maps (partner already permuted).
@@ -245,12 +318,8 @@ def best_translation(
     factor = pooling_factor(height, width, search_size)
     if factor == 1:
         return translation_scores(anchor, partner, translations, chunk_elements=chunk_elements).argmax(1)
-    pooled_anchor = pool_maps(anchor, factor)
-    pooled_partner = pool_maps(partner, factor)
-    pooled_height, pooled_width = pooled_anchor.shape[-2:]
-    pooled = torch.round(translations.double() / factor).long()
-    pooled[:, 0].clamp_(-(pooled_height - 1), pooled_height - 1)
-    pooled[:, 1].clamp_(-(pooled_width - 1), pooled_width - 1)
-    unique, inverse = torch.unique(pooled, dim=0, return_inverse=True)
-    scores = translation_scores(pooled_anchor, pooled_partner, unique, chunk_elements=chunk_elements)
-    return scores[:, inverse.to(scores.device)].argmax(1)
+    pooled = pooled_shifts(translations, height, width, factor)
+    scores = translation_scores(
+        pool_maps(anchor, factor), pool_maps(partner, factor), pooled, chunk_elements=chunk_elements
+    )
+    return scores.argmax(1)

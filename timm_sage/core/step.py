@@ -90,6 +90,21 @@ def saliency_mode(model: nn.Module | Callable, config: SageConfig) -> Iterator[N
             model.train()
 
 
+def draws_to_device(draws: SageDraws, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(perm (B,), translations (K, 2))`` of ``draws`` on ``device``, both long.
+
+    Host draws bound for a CUDA device travel in one copy from pinned memory, queued asynchronously
+    behind the saliency pass (a pageable copy would block the host until the queue drains). Metadata
+    only: on the CPU, or for tensors already on the device, nothing is pinned or packed.
+    """
+    perm, translations = draws.perm, draws.translations
+    if device.type == "cuda" and perm.device.type == "cpu" and translations.device.type == "cpu":
+        packed = torch.cat((perm.long(), translations.long().reshape(-1))).pin_memory()
+        moved = packed.to(device, non_blocking=True)
+        return moved[: perm.shape[0]], moved[perm.shape[0] :].view(-1, 2)
+    return perm.to(device, non_blocking=True).long(), translations.to(device, non_blocking=True).long()
+
+
 def sage_step(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -136,8 +151,7 @@ def sage_step(
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
             scale=config.saliency_scale, size=config.saliency_size, clean_buffer=clean_buffer,
         )  # fmt: skip
-    perm = draws.perm.to(device, non_blocking=True)
-    translations = draws.translations.to(device, non_blocking=True)
+    perm, translations = draws_to_device(draws, device)
     prior = torch.full((x.shape[0],), draws.prior, device=device)
     with torch.no_grad():
         # A non-finite map would only poison the search; search on uniform maps and discard the result.

@@ -65,7 +65,7 @@ def _resnext29_4_24(variant: str, pretrained: bool, **kwargs: Any):
 
 @register_model
 def preactresnet18(pretrained: bool = False, **kwargs: Any) -> PreActResNet:
-    """PreActResNet18 for 32x32 images (SAGE.md section 6)."""
+    """PreActResNet18 for 32x32 images (the paper's CIFAR networks)."""
     return _preactresnet18("preactresnet18", pretrained, **kwargs)
 
 
@@ -89,7 +89,7 @@ def cifar_preactresnet18_tiny(pretrained: bool = False, **kwargs: Any) -> PreAct
 
 @register_model
 def wrn16_8(pretrained: bool = False, **kwargs: Any) -> WideResNet:
-    """Wide ResNet 16-8 for 32x32 images (SAGE.md section 6)."""
+    """Wide ResNet 16-8 for 32x32 images (the paper's CIFAR networks)."""
     return _wrn16_8("wrn16_8", pretrained, **kwargs)
 
 
@@ -101,7 +101,7 @@ def cifar_wrn16_8(pretrained: bool = False, **kwargs: Any) -> WideResNet:
 
 @register_model
 def resnext29_4_24(pretrained: bool = False, **kwargs: Any) -> CifarResNeXt:
-    """ResNeXt29 (cardinality 4, group width 24) for 32x32 images (SAGE.md section 6)."""
+    """ResNeXt29 (cardinality 4, group width 24) for 32x32 images (the paper's CIFAR networks)."""
     return _resnext29_4_24("resnext29_4_24", pretrained, **kwargs)
 
 

@@ -21,7 +21,7 @@ from timm_sage.core.clean import CleanGradientLostWarning
 from timm_sage.mixup import SageMixup
 from timm_sage.tools.report import write_between_markers
 
-__all__ = ["add_arguments", "label_agreement", "run"]
+__all__ = ["add_arguments", "label_agreement", "report_target", "run"]
 
 SECTION = "agreement"
 METHODS = ("sage", "mixup", "cutmix")
@@ -99,6 +99,33 @@ def label_agreement(
     }
 
 
+def _saliency_share(
+    model: torch.nn.Module,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    regions: list[torch.Tensor],
+    config: SageConfig | None,
+) -> dict[str, float]:
+    """The mean share of the pixels in ``regions`` (per batch (B, H, W) weights in [0, 1]) and of each
+    saliency map's mass on them (the SAGE pass: train mode, ``config``'s loss, reduction and blur)."""
+    from timm_sage import functional
+
+    config = config or SageConfig()
+    area, mass, count = 0.0, 0.0, 0
+    was_training = model.training
+    model.train()
+    for (x, y), region in zip(batches, regions, strict=True):
+        maps = functional.saliency_map(
+            model, x, y, loss=config.saliency_loss, reduce=config.saliency_reduce,
+            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+        )  # fmt: skip
+        share = (maps * region).sum((1, 2)) / maps.sum((1, 2)).clamp_min(1e-30)
+        area += float(region.mean((1, 2)).sum())
+        mass += float(share.sum())
+        count += x.shape[0]
+    model.train(was_training)
+    return {"area": area / max(count, 1), "saliency": mass / max(count, 1)}
+
+
 def background_share(
     model: torch.nn.Module,
     batches: list[tuple[torch.Tensor, torch.Tensor]],
@@ -115,24 +142,8 @@ def background_share(
     share of the pixels and of the saliency mass (the SAGE pass: train mode, ``config``'s loss, reduction
     and blur). Saliency on the garment would give a mass share far below the area share.
     """
-    from timm_sage import functional
-
-    config = config or SageConfig()
-    area, mass, count = 0.0, 0.0, 0
-    was_training = model.training
-    model.train()
-    for x, y in batches:
-        background = ((x * std + mean) < threshold).all(1).float()  # (B, H, W)
-        maps = functional.saliency_map(
-            model, x, y, loss=config.saliency_loss, reduce=config.saliency_reduce,
-            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
-        )  # fmt: skip
-        share = (maps * background).sum((1, 2)) / maps.sum((1, 2)).clamp_min(1e-30)
-        area += float(background.mean((1, 2)).sum())
-        mass += float(share.sum())
-        count += x.shape[0]
-    model.train(was_training)
-    return {"area": area / max(count, 1), "saliency": mass / max(count, 1)}
+    backgrounds = [((x * std + mean) < threshold).all(1).float() for x, _ in batches]
+    return _saliency_share(model, batches, backgrounds, config)
 
 
 def object_share(
@@ -146,26 +157,10 @@ def object_share(
 
     ``masks``: per batch, (B, H, W) float in [0, 1] (the object's alpha). Returns ``{"area",
     "saliency"}``: the mean share of the pixels that the object covers (alpha-weighted) and the mean share
-    of each saliency map's mass that lies on the object (the SAGE pass: train mode, ``config``'s loss,
-    reduction and blur). Saliency that finds the object gives a mass share well above the area share.
+    of each saliency map's mass that lies on the object. Saliency that finds the object gives a mass share
+    well above the area share.
     """
-    from timm_sage import functional
-
-    config = config or SageConfig()
-    area, mass, count = 0.0, 0.0, 0
-    was_training = model.training
-    model.train()
-    for (x, y), mask in zip(batches, masks, strict=True):
-        maps = functional.saliency_map(
-            model, x, y, loss=config.saliency_loss, reduce=config.saliency_reduce,
-            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
-        )  # fmt: skip
-        share = (maps * mask).sum((1, 2)) / maps.sum((1, 2)).clamp_min(1e-30)
-        area += float(mask.mean((1, 2)).sum())
-        mass += float(share.sum())
-        count += x.shape[0]
-    model.train(was_training)
-    return {"area": area / max(count, 1), "saliency": mass / max(count, 1)}
+    return _saliency_share(model, batches, masks, config)
 
 
 def _survival(anchor_visible, partner_visible, lam, lost, keeps) -> dict[str, float]:
@@ -289,6 +284,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write."""
+    return args.report, args.section
+
+
 def run(args: argparse.Namespace) -> int:
     from timm_sage.models.checkpoint import build_model
     from timm_sage.train.config import load_config
@@ -370,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         command = (
             f"timm-sage agreement --judge {args.judge} --saliency {args.saliency} --config {args.config} "
-            f"--images {args.images} --seed {args.seed}"
+            f"--images {args.images} --seed {args.seed} --report {args.report}"
+            + (f" --section {args.section}" if args.section != SECTION else "")
         )
         write_between_markers(args.report, f"Command: `{command}`\n\n{body}", args.section)
     return 0

@@ -13,6 +13,7 @@ import math
 import multiprocessing
 import resource
 import statistics
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,21 @@ QUICK_MIX_CASES = (
     MixCase("quick B=8 3x16x16", 8, 16, "test_resnet", 10),
     MixCase("quick B=4 3x32x32", 4, 32, "test_resnet", 10, (None, 8)),
 )
+# On CUDA: bf16 autocast and channels_last, as a GPU user trains; the 224 px case at B=64.
+CUDA_MIX_CASES = (
+    MixCase("cifar B=100 3x32x32", 100, 32, "preactresnet18", 10),
+    MixCase("imagenet B=64 3x224x224", 64, 224, "resnet50", 1000, (None, 56)),
+)
+# --search-only: the search rows alone (no model), where the step's cost would take too long (224 px on
+# the CPU).
+SEARCH_MIX_CASES = (MixCase("imagenet B=64 3x224x224", 64, 224, "resnet50", 1000, (None, 56)),)
+
+# Memory-traffic model of the windows kernel's exact search, in bytes per (image, candidate, pixel)
+# element, float32, the anchor's broadcast reads assumed cached: gather (read the window, write) 8, add
+# (read, write) 8, reciprocal (read, write) 8, sum (read) 4 = 28. The direct form it replaced (gather,
+# sub, mul, add, clamp, div, sum: 15 accesses) moved 60.
+WINDOWS_BYTES_PER_ELEMENT = 28
+WINDOWS_BYTES_PER_ELEMENT_BEFORE = 60
 
 
 def _model(name: str, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -129,57 +145,127 @@ def _mixed_step(
         step(images, target, getattr(mixer, "loss_weight", 1.0))  # SAGE: the paper's loss weight r
 
 
-def suite_mix(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
-    """sage_mix and the saliency pass next to a training step, plus timm/torchvision mixers."""
+def suite_mix(
+    device: torch.device, repeats: int, warmup: int, quick: bool, search_only: bool = False
+) -> list[BenchRow]:
+    """sage_mix and the saliency pass next to a training step, plus timm/torchvision mixers; each search
+    kernel on its own for the exact search. With ``search_only``, the search rows alone (no model; ratios
+    to the exact ``sage_mix``). On CUDA the step and the saliency pass run under bf16 autocast with
+    channels_last."""
+    if quick:
+        cases = QUICK_MIX_CASES
+    elif search_only:
+        cases = SEARCH_MIX_CASES
+    else:
+        cases = CUDA_MIX_CASES if device.type == "cuda" else FULL_MIX_CASES
+    amp = device.type == "cuda"
     rows: list[BenchRow] = []
-    for case in tqdm(QUICK_MIX_CASES if quick else FULL_MIX_CASES, desc="bench mix", leave=False):
-        model = _model(case.model, case.num_classes, device)
-        step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
-        x, y = _batch(case.batch, case.size, case.num_classes, device)
-        soft = _soft(y, case.num_classes)
-        base = f"{case.model} train step"
+    for case in tqdm(cases, desc="bench mix", leave=False):
+        label = case.label + (" bf16 cl" if amp else "")
         timed = functools.partial(median_ms, device=device, repeats=repeats, warmup=warmup)
-        step_ms = timed(functools.partial(step, x, soft))
-        rows.append(BenchRow("mix", case.label, base, step_ms, base, 1.0))
-        saliency = functional.saliency_map(model, x, y)
-        for scale in (1.0, 0.5):
-            for ratio in (1.0, 0.7):
-                # The saliency pass of each variant: input gradients only (r = 1), or with the clean loss's
-                # weight gradients too (r = 0.7), at full or half resolution (saliency_scale).
-                call = functools.partial(
-                    functional.saliency_pass, model, x, y, param_grad_weight=1.0 - ratio, scale=scale
-                )
+        x, y = _batch(case.batch, case.size, case.num_classes, device)
+        if search_only:
+            gen = torch.Generator().manual_seed(3)
+            saliency = functional.blur_maps(torch.rand(case.batch, case.size, case.size, generator=gen) ** 4)
+            saliency = saliency.to(device)
+            base, step_ms = None, None
+        else:
+            model = _model(case.model, case.num_classes, device)
+            if amp:
+                model = model.to(memory_format=torch.channels_last)
+            step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), amp)
+            soft = _soft(y, case.num_classes)
+            base = f"{case.model} train step"
+            step_ms = timed(_maybe_autocast(functools.partial(step, x, soft), device, amp))
+            rows.append(BenchRow("mix", label, base, step_ms, base, 1.0))
+            with _autocast(device, amp):
+                saliency = functional.saliency_map(model, x, y)
+            for scale in (1.0, 0.5):
+                for ratio in (1.0, 0.7):
+                    # The saliency pass of each variant: input gradients only (r = 1), or with the clean
+                    # loss's weight gradients too (r = 0.7), at full or half resolution (saliency_scale).
+                    call = functools.partial(
+                        functional.saliency_pass, model, x, y, param_grad_weight=1.0 - ratio, scale=scale
+                    )
+                    ms = timed(_maybe_autocast(call, device, amp))
+                    name = f"saliency pass saliency_scale={scale:g} update_ratio={ratio:g}"
+                    rows.append(BenchRow("mix", label, name, ms, base, ms / step_ms))
+            model.zero_grad(set_to_none=True)
+        rows += _search_rows(case, label, x, saliency, device, timed, base, step_ms)
+        if not search_only:
+            for name, call in _other_mixers(x, y, case.num_classes).items():
                 ms = timed(call)
-                name = f"saliency pass saliency_scale={scale:g} update_ratio={ratio:g}"
-                rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms))
-        model.zero_grad(set_to_none=True)
-        perm = torch.randperm(case.batch, generator=torch.Generator().manual_seed(1)).to(device)
-        for search_size in case.search_sizes:
-            translations = functional.sample_translations(
-                case.size,
-                case.size,
-                0.01,
-                generator=torch.Generator().manual_seed(2),
-                search_size=search_size,
-            ).to(device)
-            mix = functools.partial(
-                functional.sage_mix,
-                x,
-                saliency,
-                perm=perm,
-                prior=0.3,
-                translations=translations,
-                search_size=search_size,
-            )
-            ms = timed(mix)
-            label = "exact" if search_size is None else f"search_size={search_size}"
-            extra = {"per_image_ms": ms / case.batch, "candidates": translations.shape[0]}
-            name = f"sage_mix {label} K={translations.shape[0]}"
-            rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms, extra))
-        for name, call in _other_mixers(x, y, case.num_classes).items():
-            ms = timed(call)
-            rows.append(BenchRow("mix", case.label, name, ms, base, ms / step_ms))
+                rows.append(BenchRow("mix", label, name, ms, base, ms / step_ms))
     return rows
+
+
+def _search_rows(
+    case: MixCase,
+    label: str,
+    x: torch.Tensor,
+    saliency: torch.Tensor,
+    device: torch.device,
+    timed: Callable[[Callable[[], object]], float],
+    base: str | None,
+    step_ms: float | None,
+) -> list[BenchRow]:
+    """``sage_mix`` exact and pooled, and the exact search with each kernel forced (``"windows"``, the
+    device path, with its memory-traffic model in ``extra``; ``"overlap"``, the CPU path). Ratios to the
+    training step ``base``, or, without one, to the exact ``sage_mix``."""
+    from timm_sage.core import search
+
+    rows: list[BenchRow] = []
+    perm = torch.randperm(case.batch, generator=torch.Generator().manual_seed(1)).to(device)
+    reference: tuple[str, float] | None = (base, step_ms) if base is not None and step_ms else None
+
+    def add(name: str, ms: float, extra: dict) -> None:
+        nonlocal reference
+        reference = reference or (name, ms)
+        rows.append(BenchRow("mix", label, name, ms, reference[0], ms / reference[1], extra))
+
+    for search_size in case.search_sizes:
+        translations = functional.sample_translations(
+            case.size, case.size, 0.01, generator=torch.Generator().manual_seed(2), search_size=search_size
+        )
+        count = translations.shape[0]
+        mix = functools.partial(
+            functional.sage_mix, x, saliency, perm=perm, prior=0.3, translations=translations.to(device),
+            search_size=search_size,
+        )  # fmt: skip
+        ms = timed(mix)
+        kind = "exact" if search_size is None else f"search_size={search_size}"
+        add(f"sage_mix {kind} K={count}", ms, {"per_image_ms": ms / case.batch, "candidates": count})
+        if search_size is not None:
+            continue
+        prior = torch.full((case.batch,), 0.3, device=device)
+        s0, s1 = functional.normalise_saliency(saliency.float(), perm, prior)
+        for kernel in search.SEARCH_KERNELS:
+            # The overlap kernel walks host candidates; the windows kernel takes them on the device.
+            candidates = translations if kernel == "overlap" else translations.to(device)
+            ms = timed(functools.partial(_best, s0, s1, candidates, kernel))
+            extra = {"per_image_ms": ms / case.batch, "candidates": count}
+            if kernel == "windows":
+                elements = case.batch * count * case.size * case.size
+                extra["traffic_model_gb"] = elements * WINDOWS_BYTES_PER_ELEMENT / 1e9
+                extra["traffic_model_gb_before"] = elements * WINDOWS_BYTES_PER_ELEMENT_BEFORE / 1e9
+            add(f"search exact kernel={kernel} K={count}", ms, extra)
+    return rows
+
+
+def _best(s0: torch.Tensor, s1: torch.Tensor, translations: torch.Tensor, kernel: str) -> torch.Tensor:
+    from timm_sage.core import search
+
+    return search.translation_scores(s0, s1, translations, kernel=kernel).argmax(1)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _maybe_autocast(fn: Callable[[], object], device: torch.device, enabled: bool) -> Callable[[], object]:
+    if not enabled:
+        return fn
+    return functools.partial(_autocast_call, fn, device)
 
 
 # SAGE variants of the step suite: name -> SageConfig options. "cheap" is the saliency pass at half
@@ -555,6 +641,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-dir", type=Path, default=None, help="folder for the scale suite's PNG")
     parser.add_argument("--quick", action="store_true", help="tiny settings, for smoke tests")
     parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="mix suite: only the search rows (sage_mix exact and pooled, each search kernel), no model; "
+        "at 224 x 224, B=64 unless --quick",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         default=None,
@@ -573,6 +665,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write: ``--section``, or
+    ``bench-<suites>[-<device type>][-<N>-threads]``."""
+    device_type = "cpu" if args.device == "cpu" else "cuda"
+    section = args.section or (
+        "bench-"
+        + "-".join(args.suites)
+        + ("-search" if getattr(args, "search_only", False) else "")
+        + ("-" + device_type if device_type != "cpu" else "")
+        + (f"-{args.threads}-threads" if args.threads is not None else "")
+    )
+    return args.report, section
+
+
+def report_command(args: argparse.Namespace) -> str:
+    """The command line that writes this report section again (recorded at the head of the section)."""
+    command = "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
+    command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
+    command += " --search-only" if getattr(args, "search_only", False) else ""
+    command += f" --threads {args.threads}" if args.threads is not None else ""
+    command += f" --plot-dir {args.plot_dir}" if args.plot_dir is not None and "scale" in args.suites else ""
+    command += f" --report {args.report}" if args.report is not None else ""
+    command += f" --section {args.section}" if args.section else ""
+    return command
+
+
 def run(args: argparse.Namespace) -> int:
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -588,13 +706,6 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    rows: list[BenchRow] = []
-    for suite in args.suites:
-        if suite == "scale":
-            plot = (args.plot_dir / "scale.png") if args.plot_dir else None
-            rows += suite_scale(device, args.repeats, args.warmup, args.quick, plot)
-        else:
-            rows += globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)
     meta = {
         "machine": machine_description(device),
         "device": str(device),
@@ -602,26 +713,38 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "suites": list(args.suites),
         "quick": args.quick,
+        "search_only": args.search_only,
+        "finished": [],
+        "failed": {},
     }
+    rows: list[BenchRow] = []
+    for suite in args.suites:
+        # Each suite's rows reach the JSON as soon as it finishes (atomically), and a suite that fails is
+        # reported and skipped: a crash late in a long run loses nothing measured before it.
+        try:
+            rows += _run_suite(suite, device, args)
+            meta["finished"].append(suite)
+        except Exception as error:  # reported, recorded in the JSON, and the run goes on
+            meta["failed"][suite] = f"{type(error).__name__}: {error}"
+            print(f"bench {suite} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        if args.json is not None:
+            write_json_atomic(args.json, rows, meta)
     print(f"machine: {meta['machine']}; medians of {args.repeats} runs after {args.warmup} warm-up")
     print(format_table(rows))
     if args.json is not None:
-        write_json_atomic(args.json, rows, meta)
         print(f"wrote {args.json}")
     if args.report is not None:
-        command = (
-            "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
-        )
-        command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
-        section = args.section or (
-            "bench-"
-            + "-".join(args.suites)
-            + ("-" + device.type if device.type != "cpu" else "")
-            + (f"-{args.threads}-threads" if args.threads is not None else "")
-        )
-        command += f" --threads {args.threads}" if args.threads is not None else ""
-        command += f" --section {args.section}" if args.section else ""
-        body = f"Command: `{command}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
-        write_between_markers(args.report, body, section)
-        print(f"wrote section {section} of {args.report}")
-    return 0 if all(math.isfinite(r.value) for r in rows) else 1
+        report, section = report_target(args)
+        body = f"Command: `{report_command(args)}`\n\nMachine: {meta['machine']}\n\n{format_table(rows)}"
+        write_between_markers(report, body, section)
+        print(f"wrote section {section} of {report}")
+    return 0 if not meta["failed"] and all(math.isfinite(r.value) for r in rows) else 1
+
+
+def _run_suite(suite: str, device: torch.device, args: argparse.Namespace) -> list[BenchRow]:
+    if suite == "scale":
+        plot = (args.plot_dir / "scale.png") if args.plot_dir else None
+        return suite_scale(device, args.repeats, args.warmup, args.quick, plot)
+    if suite == "mix":
+        return suite_mix(device, args.repeats, args.warmup, args.quick, args.search_only)
+    return globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)

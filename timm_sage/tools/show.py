@@ -368,7 +368,7 @@ def show(
         net = build_model(model, batch.images.shape[1], len(batch.class_names), checkpoint, seed)
         if warmup_steps:
             warm_up(net, load_images(data, "train", 1024, seed + 1, image_size), warmup_steps, seed)
-        net.train()  # SAGE's saliency pass runs in train mode (SAGE.md section 1)
+        net.train()  # SAGE's saliency pass runs in train mode (docs/algorithm.md section 1)
         saliency = functional.saliency_map(net, batch.images, batch.labels)
         comparison = comparison_data(
             batch, saliency, pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos

@@ -9,6 +9,7 @@ PNG of test accuracy per epoch, written between markers into a Markdown file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -145,6 +146,14 @@ def collect(
     return results
 
 
+def _seeds_cell(runs: list[dict], *keys: str) -> str:
+    """``"0: 84.41, 1: 83.90"``: each run's ``keys`` (joined by " / "), in seed order."""
+    return ", ".join(
+        f"{r['seed']}: " + " / ".join(f"{r[key]:.2f}" for key in keys)
+        for r in sorted(runs, key=lambda r: r["seed"])
+    )
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -170,9 +179,7 @@ def table(results: dict[str, list[dict]]) -> str:
             gap = statistics.mean(t - r["final_top1"] for t, r in zip(trains, runs, strict=True))
             gap_cell = f"{gap:.2f}"
         seconds = statistics.mean(r["train_s"] for r in runs)
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_top1']:.2f}" for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_top1")
         lines.append(
             f"| {method} | {len(runs)} | {mean:.2f} | {spread:.2f} | {best:.2f} | {train_cell} | {gap_cell} "
             f"| {seconds:.0f} | {seeds} |"
@@ -194,10 +201,7 @@ def _val_table(results: dict[str, list[dict]]) -> str:
         trains = [r["final_train_top1"] for r in runs if r["final_train_top1"] is not None]
         train_cell = f"{statistics.mean(trains):.2f}" if len(trains) == len(runs) else "n/a"
         seconds = statistics.mean(r["train_s"] for r in runs)
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_val_top1']:.2f} / {r['final_top1']:.2f}"
-            for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_val_top1", "final_top1")
         lines.append(
             f"| {method} | {len(runs)} | {val:.2f} | {val_spread:.2f} | {test:.2f} | {test_spread:.2f} "
             f"| {train_cell} | {seconds:.0f} | {seeds} |"
@@ -299,19 +303,21 @@ def trained_budget_table(
         + "test top-1 mean | std | seeds (test top-1) |",
         "|---|---:|---:|" + ("---:|" if with_val else "") + "---:|---:|---|",
     ]
-    for method, runs in full.items():
-        runs = shortened.get(method, runs)
+    for method, runs in trained_results(full, shortened).items():
         test, spread = _mean_std([r["final_top1"] for r in runs])
         epochs = statistics.mean(r["epochs"] for r in runs)
         val_cell = f"{statistics.mean(r['final_val_top1'] for r in runs):.2f} | " if with_val else ""
-        seeds = ", ".join(
-            f"{r['seed']}: {r['final_top1']:.2f}" for r in sorted(runs, key=lambda r: r["seed"])
-        )
+        seeds = _seeds_cell(runs, "final_top1")
         lines.append(
             f"| {method} | {costs.get(method, 1.0):.2f}x | {epochs:.0f} | {val_cell}{test:.2f} "
             f"| {spread:.2f} | {seeds} |"
         )
     return "\n".join(lines)
+
+
+def trained_results(full: dict[str, list[dict]], shortened: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The runs a user with the reference's budget gets: the shortened runs where a method has them."""
+    return {method: shortened.get(method, runs) for method, runs in full.items()}
 
 
 def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST") -> None:
@@ -343,34 +349,51 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
     plt.close(figure)
 
 
-def time_epochs(configs: list[Path], epochs: int, output: Path, extra: list[str]) -> dict[str, float]:
-    """Seconds per training epoch of each config, measured in fresh runs of ``epochs`` epochs: the
-    configs run back to back in their order, then again in reverse order, and each config's figure is
-    the median of its epoch times after the first epoch of each run. The two orders cancel a machine
-    that speeds up or slows down during the pass (measured on this project's box: the first config of a
-    single pass came out 20 % slow). Timings of the study's own runs are only comparable when nothing
-    else shared the machine while they ran; these are, when this pass runs alone.
-    Returns ``{config stem: seconds}``; the runs go to ``output/_timing`` and are replaced each time."""
-    if epochs < 2:
-        raise ValueError(f"--time-epochs must be >= 2 (the first epoch is warm-up), got {epochs}")
-    times: dict[str, list[float]] = {config.stem: [] for config in configs}
-    for order in (configs, configs[::-1]):
-        for config in order:
-            folder = output / "_timing" / config.stem
-            if folder.exists():
-                shutil.rmtree(folder)
-            command = [
-                sys.executable, "-m", "timm_sage.tools.cli", "train", "--config", str(config),
-                "--epochs", str(epochs), "--output", str(folder.parent), "--experiment", config.stem,
-                "--eval_interval", str(epochs),
-                "--eval_train", "false", "--no-progress", *extra,
-            ]  # fmt: skip
-            print(f"[study] timing {config.stem}: {epochs} epochs", flush=True)
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-            lines = (folder / "metrics.jsonl").read_text().splitlines()
-            rows = [json.loads(line) for line in lines if line]
-            times[config.stem] += [float(row["epoch_time"]) for row in rows[1:]]
-    return {stem: statistics.median(values) for stem, values in times.items()}
+def _endless_batches(loader):
+    """The loader's training batches, epoch after epoch."""
+    for epoch in itertools.count():
+        yield from loader.batches(epoch)
+
+
+def time_epochs(configs: list[Path], rounds: int, output: Path, extra: list[str]) -> dict[str, float]:
+    """Seconds per training epoch of each config, measured in one process with the configs taken in
+    turn, step by step: every config is built once and trains two warm-up steps, then ``rounds`` rounds
+    in which each config trains one step on its next batch, the order reversed every other round. A
+    config's figure is the median of its step times times its steps per epoch (evaluation excluded).
+    Taking the configs in turn at the grain of one step makes a machine that speeds up or slows down
+    (other work on a shared box) shift them alike, which separate runs do not (measured on this
+    project's 2-core box: one vanilla scenes run 1.6 s per epoch, another 4.4 s).
+    Returns ``{config stem: seconds}``; the trainers write nothing but their folders under
+    ``output/_timing``, replaced each time."""
+    import time
+
+    from timm_sage.train.config import load_config
+    from timm_sage.train.session import Trainer
+
+    if rounds < 3:
+        raise ValueError(f"--time-steps must be >= 3, got {rounds}")
+    trainers, batches = {}, {}
+    for config in configs:
+        folder = output / "_timing" / config.stem
+        if folder.exists():
+            shutil.rmtree(folder)
+        cfg = load_config(config, [*extra, "--output", str(folder.parent), "--experiment", config.stem])
+        trainer = Trainer(cfg, progress=False)
+        trainer.model.train()
+        trainers[config.stem] = trainer
+        batches[config.stem] = _endless_batches(trainer.train_loader)
+    times: dict[str, list[float]] = {stem: [] for stem in trainers}
+    order = list(trainers)
+    for step in range(rounds + 2):
+        for stem in order if step % 2 == 0 else order[::-1]:
+            x, y = next(batches[stem])
+            start = time.perf_counter()
+            trainers[stem].train_one_step(x, y)
+            if step >= 2:  # two warm-up steps
+                times[stem].append(time.perf_counter() - start)
+    return {
+        stem: statistics.median(values) * len(trainers[stem].train_loader) for stem, values in times.items()
+    }
 
 
 def override_flags(assignments: list[str]) -> list[str]:
@@ -397,12 +420,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", default="Fashion-MNIST", help="title of the figure's panels")
     parser.add_argument(
-        "--time-epochs",
+        "--time-steps",
         type=int,
         default=None,
         metavar="N",
-        help="measure each config's seconds per epoch in fresh N-epoch runs, back to back, and use them for "
-        "the wall-clock view (instead of the study runs' own epoch times)",
+        help="measure each config's seconds per epoch in one process, the configs taken in turn step by step "
+        "for N rounds, and use them for the wall-clock view and the --equal-time plan (instead of the "
+        "study runs' own epoch times)",
     )
     parser.add_argument(
         "--budget-reference",
@@ -462,6 +486,7 @@ def _budget_plan(
         raise ValueError(f"--budget-reference {args.budget_reference!r} has no finished runs to time")
     epochs = load_config(next(c for c in args.configs if c.stem == reference)).epochs
     plan = {
+        "timed": epoch_seconds is not None,
         "reference": reference,
         "reference_epochs": epochs,
         "seconds": seconds,
@@ -471,23 +496,38 @@ def _budget_plan(
     return plan
 
 
+def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, float] | None:
+    """--time-steps: the configs' seconds per epoch, measured once and kept in
+    ``output/_timing/epoch_seconds.json`` (measured again with --replan or when a config is missing)."""
+    if args.time_steps is None:
+        return None
+    from timm_sage._atomic import atomic_write_text
+
+    path = args.output / "_timing" / "epoch_seconds.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if args.replan or any(c.stem not in stored for c in args.configs):
+        stored |= time_epochs(args.configs, args.time_steps, args.output, extra)
+        atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
+    seconds = {c.stem: stored[c.stem] for c in args.configs}
+    print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return seconds
+
+
+def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Markdown file and the section that ``args`` (with ``--report``) write."""
+    return args.report, args.section
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     extra = override_flags(args.set)
     if not args.report_only:
         run_study(args.configs, args.seeds, args.output, extra)
-    epoch_seconds = None
-    if args.time_epochs is not None:
-        epoch_seconds = time_epochs(args.configs, args.time_epochs, args.output, extra)
-        print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in epoch_seconds.items()))
-    results = collect(folders, epoch_seconds, metric=args.select_on)
-    if not results:
-        raise ValueError(f"no finished runs under {args.output}")
-    body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
-    chosen = selection(results) if args.select_on == "val" else ""
-    if chosen:
-        body += "\n\n" + chosen
-    if args.budget_reference in results and args.equal_time:
+    epoch_seconds = _epoch_seconds(args, extra)
+    names = method_names([c.stem for c in args.configs])
+    shortened: dict[str, list[dict]] = {}
+    plan = None
+    if args.equal_time:
         plan = _budget_plan(args, folders, epoch_seconds)
         shortened_configs = [c for c in args.configs if c.stem in plan["epochs"]]
         if not args.report_only:
@@ -495,19 +535,33 @@ def run(args: argparse.Namespace) -> int:
         budget_folders = [
             args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
         ]
-        names = method_names([c.stem for c in args.configs])
-        shortened = collect(budget_folders, names=names)
+        shortened = collect(budget_folders, names=names, metric=args.select_on)
+    results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
+    if not results:
+        raise ValueError(f"no finished runs under {args.output}")
+    body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
+    chosen = selection(results) if args.select_on == "val" else ""
+    if chosen:
+        body += "\n\n" + chosen
+    if plan is not None and args.budget_reference in results:
         reference_seconds = plan["seconds"][plan["reference"]]
         costs = {
             names[stem]: sec / reference_seconds for stem, sec in plan["seconds"].items() if stem in names
         }
         body += (
             f"\n\n**Equal wall-clock, schedules trained to completion** (budget: {plan['reference_epochs']} "
-            f"epochs of {args.budget_reference}; seconds per epoch from "
-            + ("fresh timing runs" if epoch_seconds else "the study's own runs")
+            f"epochs of {args.budget_reference}; seconds per epoch "
+            + (
+                "measured with the configs taken in turn"
+                if plan.get("timed")
+                else "from the study's own runs"
+            )
             + ")\n\n"
             + trained_budget_table(results, shortened, costs, args.budget_reference)
         )
+        chosen = selection(trained_results(results, shortened)) if args.select_on == "val" else ""
+        if chosen:
+            body += "\n\nAt equal wall-clock: " + chosen
     elif args.budget_reference in results:
         body += "\n\n**Equal wall-clock**\n\n" + budget_table(results, args.budget_reference)
     print(body)

@@ -14,9 +14,11 @@ import os
 import shlex
 import sys
 
+from timm_sage.config import SEED_HELP, option_help, option_infos
 from timm_sage.train.config import (
     DEFAULT_ONLY,
     NEUTRAL,
+    SAGE_SEED_DEFAULT,
     SUPPORTED,
     TrainConfig,
     _normalise_key,
@@ -50,15 +52,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="warn about and skip train.py keys this trainer does not implement, instead of failing",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+    sage = parser.add_argument_group(
+        "SAGE options (sage_* keys, used with mixup_mode: sage)",
+        "each overrides the config's sage_* key; the same names, defaults and rules as the --sage-* flags "
+        "of timm's train.py under timm_sage (timm-sage-train --help), but for sage_seed's default",
+    )
+    sage_help = {f"sage_{info.name}": (info, option_help(info)) for info in option_infos()}
+    sage_help["sage_seed"] = (None, f"{SEED_HELP} (default {SAGE_SEED_DEFAULT})")
+    for key, (info, help_text) in sage_help.items():
+        metavar = "N" if info is None or info.kind is int else "X"
+        if info is not None and info.choices:
+            metavar = "{" + ",".join(info.choices) + "}"
+        sage.add_argument(
+            "--" + key.replace("_", "-"), dest=_DEST + key, default=argparse.SUPPRESS, metavar=metavar,
+            help=help_text,
+        )  # fmt: skip
+        # the YAML spelling works too, as for every key; listed once, above
+        sage.add_argument("--" + key, dest=_DEST + key, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group = parser.add_argument_group(
         "config keys", "any key of the config, in train.py's flag spelling, overrides the YAML value"
     )
     aliases = {"batch_size": ["-b"], "validation_batch_size": ["-vb"], "workers": ["-j"]}
     aliases["decay_rate"] = ["--dr"]
     for key in sorted({*SUPPORTED, *DEFAULT_ONLY, *NEUTRAL} - {"config"}):
+        if key.startswith("sage_"):
+            continue  # in the SAGE group above
         flags = dict.fromkeys([*aliases.get(key, []), "--" + key.replace("_", "-"), "--" + key])
         group.add_argument(*flags, dest=_DEST + key, nargs="*", default=argparse.SUPPRESS, metavar="V")
-    parser.usage = "timm-sage train [-h] [-c FILE.yaml] [--ignore-unsupported] [--no-progress] [--KEY V ...]"
+    parser.usage = (
+        "timm-sage train [-h] [-c FILE.yaml] [--ignore-unsupported] [--no-progress] [--sage-KEY V ...] "
+        "[--KEY V ...]"
+    )
     parser.epilog = (
         "Outputs land in OUTPUT/EXPERIMENT (default output/train/<date>-<model>-<size>): args.yaml, "
         "metrics.csv, metrics.jsonl, summary.json, last.pth.tar, mixed_batch.png, curves.png. "
@@ -67,13 +91,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _flag_value(value: str | list[str]) -> str | list[str] | bool:
+    """A flag's value as the config reads it: a bare flag is true, one value a string, several a list."""
+    if isinstance(value, str):
+        return value
+    return True if not value else value[0] if len(value) == 1 else value
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The resolved config: ``--config`` YAML with the command-line keys over it; with ``--resume``, the
     run's own settings (keys given again must agree, ``--epochs`` may change)."""
     overrides = {
-        name[len(_DEST) :]: True if not value else value[0] if len(value) == 1 else value
-        for name, value in vars(args).items()
-        if name.startswith(_DEST)
+        name[len(_DEST) :]: _flag_value(value) for name, value in vars(args).items() if name.startswith(_DEST)
     }
     path = find_config(args.config) if args.config is not None else None
     raw = read_yaml(path) if path is not None else None
@@ -182,7 +211,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
             if summary.get("final_val_top1") is not None
             else f"(best {summary['best_top1']:.2f}% at epoch {summary['best_epoch']})\n"
         )
-        + f"outputs in {folder}/: " + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
+        + f"outputs in {folder}/: "
+        + ", ".join(name for name in _OUTPUTS if (folder / name).is_file()),
         flush=True,
     )
     return 0

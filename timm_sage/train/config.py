@@ -29,6 +29,7 @@ from timm_sage.data.scenes import SceneParams
 __all__ = [
     "DEFAULT_ONLY",
     "NEUTRAL",
+    "SAGE_SEED_DEFAULT",
     "SUPPORTED",
     "TrainConfig",
     "load_config",
@@ -138,6 +139,9 @@ SUPPORTED.update(
 SUPPORTED.update(
     {f"sage_{info.name}": (info.kind.__name__, info.default) for info in option_infos()}
 )  # the names of timm_sage.plugin's and the launcher's --sage-* flags
+
+# The default of sage_seed here (the plugin's differs: timm_sage.plugin.SEED_DEFAULT).
+SAGE_SEED_DEFAULT = "the config's seed"
 
 NEUTRAL = frozenset(
     {

@@ -314,7 +314,8 @@ def class_balanced_subset(
 
 
 def crop_padding(height: int, width: int) -> int:
-    """Padding of the random crop: 2 pixels at 28-32 px (SAGE.md section 6), 1/16 of the side in general."""
+    """Padding of the random crop: 2 pixels at 28-32 px (the paper's CIFAR recipe), 1/16 of the side in
+    general."""
     return max(1, int(round(min(height, width) / 16)))
 
 

@@ -351,7 +351,6 @@ class Trainer:
         return evaluate(model, loader.batches(), autocast=self.autocast, channels_last=self.cfg.channels_last)
 
     def _train_epoch(self, epoch: int, steps: int, stop_after: int | None) -> tuple[dict[str, Any], int]:
-        cfg = self.cfg
         self.model.train()
         # Running sums stay on the device; the progress bar reads them every few batches only.
         loss_sum = torch.zeros((), device=self.device)
@@ -364,12 +363,7 @@ class Trainer:
         )  # fmt: skip
         with bar:
             for index, (x, y) in enumerate(self.train_loader.batches(epoch)):
-                self.optimizer.zero_grad(set_to_none=True)
-                result = train_step(
-                    self.model, x, y, criterion=self.criterion, mixer=self.mixer,
-                    autocast=self.autocast, scaler=self.scaler, channels_last=cfg.channels_last,
-                )  # fmt: skip
-                self._optimizer_step()
+                result = self.train_one_step(x, y)
                 if epoch == 0 and index == 0 and self.mixer is not None:
                     self._write_grid(result)
                 loss_sum += result.loss.float()
@@ -393,6 +387,17 @@ class Trainer:
             "_skipped": int(self.mixer.skipped_batches) if self.mixer is not None else 0,
         }
         return stats, steps
+
+    def train_one_step(self, x: torch.Tensor, y: torch.Tensor):
+        """One training step on the batch ``(x, y)``: zero the gradients, mix, forward, backward, the
+        optimizer step (and EMA, scheduler updates); returns :func:`train_step`'s result."""
+        self.optimizer.zero_grad(set_to_none=True)
+        result = train_step(
+            self.model, x, y, criterion=self.criterion, mixer=self.mixer, autocast=self.autocast,
+            scaler=self.scaler, channels_last=self.cfg.channels_last,
+        )  # fmt: skip
+        self._optimizer_step()
+        return result
 
     def _optimizer_step(self) -> None:
         from timm.utils import dispatch_clip_grad
