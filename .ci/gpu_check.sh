@@ -10,7 +10,7 @@
 #      and pooled search), each suite's rows written to bench_cuda.json as the suite finishes, and the
 #      Markdown section of docs/benchmarks.md (a copy in OUTDIR).
 # It uses the machine's own torch, timm and the rest where present and installs only what is missing.
-#   Usage: .ci/gpu_check.sh [--device cpu|cuda] [OUTDIR]   (make gpu-check; on the lent machine OUTDIR=$OUT)
+#   Usage: .ci/gpu_check.sh [--device cpu|cuda] [OUTDIR]   (make gpu-check; OUTDIR: where the results go, default $OUT or output/gpu)
 # --device cpu is the dry run that CI makes (tests/test_gpu_check.py): tiny sizes, the same stages, so
 # that the script and its Python cannot rot between GPU machines. GPU_CHECK_STAGES="sync_step bench"
 # runs only the stages named (default: all four).
