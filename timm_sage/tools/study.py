@@ -320,14 +320,21 @@ def trained_results(full: dict[str, list[dict]], shortened: dict[str, list[dict]
     return {method: shortened.get(method, runs) for method, runs in full.items()}
 
 
-def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST") -> None:
-    """Two panels: mean test top-1 (band: min to max over seeds) against the epoch, and against the
-    cumulative training seconds (equal wall-clock)."""
+def plot_curves(
+    results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST", metric: str = "test"
+) -> None:
+    """Two panels: mean ``metric`` top-1 ("test" or "val"; band: min to max over seeds) against the
+    epoch, and against the cumulative training seconds of the full schedules (read mid-schedule). Up to
+    ten methods take the default colours; more get a colour map and alternate line styles, so that no
+    two share a look."""
     from timm_sage.tools.plots import _pyplot, save_figure_atomic
 
     plt = _pyplot()
-    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(11, 4))
-    for method, runs in results.items():
+    label = "validation top-1 (%)" if metric == "val" else "test top-1 (%)"
+    figure, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(12, 4.6))
+    many = len(results) > 10
+    colours = plt.get_cmap("tab20").colors if many else [None] * len(results)
+    for index, (method, runs) in enumerate(results.items()):
         length = min(len(r["points"]) for r in runs)
         columns = [[r["points"][i] for r in runs] for i in range(length)]
         epochs = [c[0][0] for c in columns]
@@ -335,16 +342,19 @@ def plot_curves(results: dict[str, list[dict]], path: Path, title: str = "Fashio
         mean = [statistics.mean(p[2] for p in c) for c in columns]
         low = [min(p[2] for p in c) for c in columns]
         high = [max(p[2] for p in c) for c in columns]
-        (line,) = by_epoch.plot(epochs, mean, label=f"{method} (n={len(runs)})")
-        by_epoch.fill_between(epochs, low, high, alpha=0.15, color=line.get_color())
-        by_time.plot(seconds, mean, label=method, color=line.get_color())
-        by_time.fill_between(seconds, low, high, alpha=0.15, color=line.get_color())
-    by_epoch.set(xlabel="epoch", ylabel="test top-1 (%)", title=f"{title}: equal epochs")
-    by_time.set(xlabel="cumulative training seconds (mean over seeds)", ylabel="test top-1 (%)",
-                title=f"{title}: equal wall-clock")  # fmt: skip
+        style = {"color": colours[index % len(colours)], "linestyle": "--" if many and index % 2 else "-"}
+        (line,) = by_epoch.plot(epochs, mean, label=f"{method} (n={len(runs)})", **style)
+        band = 0.08 if many else 0.15
+        by_epoch.fill_between(epochs, low, high, alpha=band, color=line.get_color())
+        by_time.plot(seconds, mean, label=method, color=line.get_color(), linestyle=line.get_linestyle())
+        by_time.fill_between(seconds, low, high, alpha=band, color=line.get_color())
+    by_epoch.set(xlabel="epoch", ylabel=label, title=f"{title}\nequal epochs")
+    by_time.set(xlabel="cumulative training seconds of the full schedule (mean over seeds)", ylabel=label,
+                title=f"{title}\nequal wall-clock, read mid-schedule")  # fmt: skip
     for axes in (by_epoch, by_time):
         axes.grid(alpha=0.3)
-    by_epoch.legend(fontsize=8)
+    by_epoch.legend(fontsize=7, ncol=2 if many else 1)
+    figure.tight_layout()
     save_figure_atomic(figure, path)
     plt.close(figure)
 
@@ -566,7 +576,7 @@ def run(args: argparse.Namespace) -> int:
         body += "\n\n**Equal wall-clock**\n\n" + budget_table(results, args.budget_reference)
     print(body)
     if args.figure is not None:
-        plot_curves(results, args.figure, args.title)
+        plot_curves(results, args.figure, args.title, metric=args.select_on)
         figure_link = os.path.relpath(args.figure, args.report.parent) if args.report else str(args.figure)
         body += f"\n\n![{args.select_on} top-1 per epoch and per training second]({figure_link})"
     if args.report is not None:
