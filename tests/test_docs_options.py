@@ -216,7 +216,7 @@ def test_timm_sage_train_launcher_help_lists_each_flag_with_meaning_and_default(
 
 
 def test_the_plugin_options_carry_meaning_and_default():
-    assert list(plugin.SAGE_OPTIONS) == [*SageConfig.names(), "seed"]
+    assert list(plugin.SAGE_OPTIONS) == [*SageConfig.names(), "seed", "preset"]
     for info in option_infos():
         kind, choices, help_text = plugin.SAGE_OPTIONS[info.name]
         assert (kind, choices) == (info.kind, info.choices)

@@ -350,7 +350,7 @@ def test_config_validates_once_with_errors_naming_the_option():
 
 def test_every_entry_point_derives_its_options_from_sage_config():
     names = [info.name for info in option_infos()]
-    assert list(plugin.SAGE_OPTIONS) == [*names, "seed"]
+    assert list(plugin.SAGE_OPTIONS) == [*names, "seed", "preset"]
     for info in option_infos():
         assert SUPPORTED[f"sage_{info.name}"] == (info.kind.__name__, info.default)
         assert f"--sage-{info.name.replace('_', '-')}" in launcher.USAGE

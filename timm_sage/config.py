@@ -23,7 +23,10 @@ from timm_sage.core import checks
 
 __all__ = [
     "DEFAULT_ORIGINS",
+    "PRESET_HELP",
     "SAGE_DEFAULTS",
+    "SAGE_PRESETS",
+    "SAGE_PRESET_DESCRIPTIONS",
     "SEED_HELP",
     "OptionInfo",
     "SageConfig",
@@ -48,6 +51,26 @@ DEFAULT_ORIGINS = ("reference", "recipe")
 # sage_seed is an option of the entry points (the mixer's seed), not of SageConfig; its default differs
 # between them (timm_sage.plugin.SEED_DEFAULT, timm_sage.train.config.SAGE_SEED_DEFAULT).
 SEED_HELP = "seed of SAGE's random draws (pairing, prior, candidate translations)"
+
+
+# Named settings that fill SageConfig (SageConfig.from_preset; SageMixup(preset=...); the sage_preset
+# key / --sage-preset flag of timm-sage train and of timm's train.py): options given explicitly win over
+# the preset's values, the others take them. SageConfig's own defaults stay the reference code's.
+SAGE_PRESETS: dict[str, dict[str, Any]] = {
+    "clutter": {"upper_lambda": 0.6, "update_ratio": 0.7, "rand_pos": 0.01, "saliency_loss": "cross_entropy"},
+}
+SAGE_PRESET_DESCRIPTIONS: dict[str, str] = {
+    "clutter": "the paper's CIFAR-10 PreActResNet18 settings with the cross-entropy saliency loss; the best "
+    "mean validation top-1 among the SAGE settings of the fashion_mnist_scenes study (docs/results.md)",
+}
+
+# sage_preset is an option of the entry points (it fills SageConfig), not a SageConfig field.
+PRESET_HELP = (
+    "a named setting that fills the SAGE options not given explicitly (explicit sage_* values win): "
+    + "; ".join(
+        f"{name}: {', '.join(f'{k} {v}' for k, v in values.items())}" for name, values in SAGE_PRESETS.items()
+    )
+)
 
 
 def _option(
@@ -215,11 +238,29 @@ class SageConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> SageConfig:
+        """The preset ``name`` of :data:`SAGE_PRESETS`, with ``overrides`` (SageConfig fields) winning
+        over its values; fields neither sets keep SageConfig's defaults.
+
+        Raises:
+            ValueError: an unknown preset (listing the known ones), or a bad override (named).
+            TypeError: an override that is not a SageConfig field (named).
+        """
+        checks.check_choice("preset", name, tuple(SAGE_PRESETS))
+        return cls(**{**SAGE_PRESETS[name], **overrides})
+
+    @classmethod
     def from_mapping(
-        cls, values: Mapping[str, Any], *, prefix: str = "", source: str = "options"
+        cls,
+        values: Mapping[str, Any],
+        *,
+        prefix: str = "",
+        source: str = "options",
+        preset: str | None = None,
     ) -> SageConfig:
-        """From ``{prefix + name: value}`` (e.g. ``sage_upper_lambda``); None values keep the default;
-        keys with ``prefix`` that name no option are a ValueError listing the known ones."""
+        """From ``{prefix + name: value}`` (e.g. ``sage_upper_lambda``); None values keep the default
+        (or ``preset``'s value, see :meth:`from_preset`); keys with ``prefix`` that name no option are a
+        ValueError listing the known ones."""
         options: dict[str, Any] = {}
         for key, value in values.items():
             if not key.startswith(prefix):
@@ -231,7 +272,7 @@ class SageConfig:
             if value is not None:
                 options[name] = value
         try:
-            return cls(**options)
+            return cls(**options) if preset is None else cls.from_preset(preset, **options)
         except (TypeError, ValueError) as error:
             # Messages start with the option's name: name the key as the user wrote it.
             raise type(error)(f"{source}: {prefix}{error}") from None

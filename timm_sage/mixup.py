@@ -11,6 +11,7 @@ import math
 import warnings
 import weakref
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,30 @@ __all__ = ["SageMixup", "SageParams", "SageMixRecord", "unwrap_model"]
 
 MODES = ("batch", "pair", "elem", "half", "sage")
 _D = SAGE_DEFAULTS  # the signature's defaults come from SageConfig, written once there
+
+
+# With preset=..., a keyword the caller gave wins over the preset even when it equals SageConfig's
+# default. To tell it from one left out, the signature's defaults are fresh instances of these subclasses
+# (equal to, and shown as, SageConfig's defaults) that a caller cannot pass by writing a value; a None
+# default cannot be marked, so None counts as not given (as in SageConfig.from_mapping).
+class _DefaultFloat(float):
+    __slots__ = ()
+
+
+class _DefaultInt(int):
+    __slots__ = ()
+
+
+class _DefaultStr(str):
+    __slots__ = ()
+
+
+def _keyword_default(value: Any) -> Any:
+    marks = {float: _DefaultFloat, int: _DefaultInt, str: _DefaultStr}
+    return None if value is None else marks[type(value)](value)
+
+
+_K = SimpleNamespace(**{name: _keyword_default(getattr(_D, name)) for name in SageConfig.names()})
 
 
 @dataclass
@@ -124,6 +149,9 @@ class SageMixup(Mixup):
     ``clean_term``), as keywords or as
     ``config=SageConfig(...)``;
     they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
+    ``preset="clutter"`` starts from a named setting of :data:`timm_sage.config.SAGE_PRESETS` instead of
+    SageConfig's defaults; the keywords given win over the preset's values, even one equal to
+    SageConfig's default (None counts as not given). ``preset`` with ``config`` is a ValueError.
 
     ``update_ratio`` r trains on the paper's loss ``(1 - r) * l_clean + r * l_mixed`` with no lr change.
     The contract: multiply the loss of the returned batch by :attr:`loss_weight`, then backward as usual::
@@ -174,19 +202,20 @@ class SageMixup(Mixup):
         *,
         model: nn.Module | None = None,
         config: SageConfig | None = None,
-        upper_lambda: float = _D.upper_lambda,
-        rand_pos: float = _D.rand_pos,
-        update_ratio: float = _D.update_ratio,
-        search_size: int | None = _D.search_size,
-        saliency_loss: str = _D.saliency_loss,
-        saliency_reduce: str = _D.saliency_reduce,
-        blur_kernel: int = _D.blur_kernel,
-        blur_sigma: float = _D.blur_sigma,
-        saliency_scale: float = _D.saliency_scale,
-        rearrangement: str = _D.rearrangement,
-        saliency_mode: str = _D.saliency_mode,
-        saliency_size: int | None = _D.saliency_size,
-        clean_term: str = _D.clean_term,
+        preset: str | None = None,
+        upper_lambda: float = _K.upper_lambda,
+        rand_pos: float = _K.rand_pos,
+        update_ratio: float = _K.update_ratio,
+        search_size: int | None = _K.search_size,
+        saliency_loss: str = _K.saliency_loss,
+        saliency_reduce: str = _K.saliency_reduce,
+        blur_kernel: int = _K.blur_kernel,
+        blur_sigma: float = _K.blur_sigma,
+        saliency_scale: float = _K.saliency_scale,
+        rearrangement: str = _K.rearrangement,
+        saliency_mode: str = _K.saliency_mode,
+        saliency_size: int | None = _K.saliency_size,
+        clean_term: str = _K.clean_term,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         coin_seed: int | None = None,
@@ -221,13 +250,24 @@ class SageMixup(Mixup):
             raise ValueError(
                 "mixup_alpha must be > 0 with mode='sage': it is the Beta parameter of SAGE's prior"
             )
-        keywords = dict(
+        passed = dict(
             upper_lambda=upper_lambda, rand_pos=rand_pos, update_ratio=update_ratio, search_size=search_size,
             saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
             blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
             saliency_mode=saliency_mode, saliency_size=saliency_size, clean_term=clean_term,
         )  # fmt: skip
-        if config is None:
+        # The keywords the caller gave (not the signature's marked defaults, not None), and every keyword
+        # as a plain value.
+        given = {n: v for n, v in passed.items() if v is not getattr(_K, n) and v is not None}
+        keywords = {n: getattr(_D, n) if v is getattr(_K, n) else v for n, v in passed.items()}
+        if preset is not None:
+            if config is not None:
+                raise ValueError(
+                    "pass either config= or preset=, not both (config=SageConfig.from_preset(preset, ...) "
+                    "combines them)"
+                )
+            config = SageConfig.from_preset(preset, **given)
+        elif config is None:
             config = SageConfig(**keywords)
         elif not isinstance(config, SageConfig):
             raise TypeError(f"config must be a SageConfig, got {type(config).__name__}")

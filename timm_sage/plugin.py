@@ -69,7 +69,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from timm_sage.config import SEED_HELP, SageConfig, option_help, option_infos
+from timm_sage.config import PRESET_HELP, SAGE_PRESETS, SEED_HELP, SageConfig, option_help, option_infos
 from timm_sage.mixup import SageMixup
 
 __all__ = [
@@ -102,6 +102,8 @@ SAGE_OPTIONS["seed"] = (
     f"{SEED_HELP}, plus the rank; also seeds the method coins that all ranks share (default "
     f"{SEED_DEFAULT}, and train.py's --seed for the coins)",
 )
+
+SAGE_OPTIONS["preset"] = (str, tuple(SAGE_PRESETS), f"{PRESET_HELP} (default None: SageConfig's defaults)")
 
 _current: PluginState | None = None
 
@@ -261,6 +263,9 @@ class DeviceMixLoader:
 def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
     """SageMixup keywords from ``args.sage_*`` (None values skipped) plus ``amp_dtype`` from ``--amp``.
 
+    With ``sage_preset``, every SageConfig option is returned: the preset's values, overridden by the
+    ``sage_*`` values given (not None), as :meth:`timm_sage.SageConfig.from_preset` resolves them.
+
     Raises:
         ValueError: an unknown ``sage_*`` key (a typo in the YAML), or a value of the wrong kind.
     """
@@ -286,9 +291,16 @@ def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
         if choices is not None and value not in choices:
             raise ValueError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
         options[name] = value
-    SageConfig.from_mapping(
-        {f"sage_{k}": v for k, v in options.items() if k in SageConfig.names()}, prefix="sage_", source="args"
+    preset = options.pop("preset", None)
+    config = SageConfig.from_mapping(
+        {f"sage_{k}": v for k, v in options.items() if k in SageConfig.names()},
+        prefix="sage_",
+        source="args",
+        preset=preset,
     )  # every rule checked once, here, with errors naming the sage_* key
+    if preset is not None:
+        # The preset resolved here (sage_* values given win): the mixer gets every option as a keyword.
+        options.update(config.as_dict())
     if getattr(args, "amp", False) and getattr(args, "amp_impl", "native") != "apex":
         low_precision = getattr(args, "amp_dtype", "float16")
         options["amp_dtype"] = torch.bfloat16 if low_precision == "bfloat16" else torch.float16

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from timm_sage.config import SEED_HELP, OptionInfo, option_infos
+from timm_sage.config import PRESET_HELP, SEED_HELP, OptionInfo, option_infos
 from timm_sage.tools.report import read_between_markers, write_between_markers
 
 __all__ = ["COMMAND", "SECTIONS", "main", "render", "stale_sections", "write_sections"]
@@ -72,6 +72,10 @@ def _yaml_table(infos: Sequence[OptionInfo], seed_default: str, seed_note: str) 
             f"{_cell(info.default_note)} |"
         )
     rows.append(f"| `sage_seed` / `--sage-seed` | {SEED_HELP} | {seed_default} | {seed_note} |")
+    rows.append(
+        f"| `sage_preset` / `--sage-preset` | {_cell(PRESET_HELP)} | `None` | not a SageConfig option: "
+        "None leaves SageConfig's defaults (`SageConfig.from_preset`) |"
+    )
     return "\n".join(rows)
 
 

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 
-from timm_sage.config import SEED_HELP, option_help, option_infos
+from timm_sage.config import PRESET_HELP, SAGE_PRESETS, SEED_HELP, option_help, option_infos
 from timm_sage.train.config import (
     DEFAULT_ONLY,
     NEUTRAL,
@@ -59,10 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sage_help = {f"sage_{info.name}": (info, option_help(info)) for info in option_infos()}
     sage_help["sage_seed"] = (None, f"{SEED_HELP} (default {SAGE_SEED_DEFAULT})")
+    sage_help["sage_preset"] = (None, f"{PRESET_HELP} (default None: SageConfig's defaults)")
     for key, (info, help_text) in sage_help.items():
         metavar = "N" if info is None or info.kind is int else "X"
         if info is not None and info.choices:
             metavar = "{" + ",".join(info.choices) + "}"
+        elif key == "sage_preset":
+            metavar = "{" + ",".join(SAGE_PRESETS) + "}"
         sage.add_argument(
             "--" + key.replace("_", "-"), dest=_DEST + key, default=argparse.SUPPRESS, metavar=metavar,
             help=help_text,

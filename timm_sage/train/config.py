@@ -118,6 +118,7 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "smoothing": ("float", 0.1),
     # SAGE: sage_<option> for every SageConfig option (added below), and the mixer's seed
     "sage_seed": ("int", None),
+    "sage_preset": ("str", None),  # fills the sage_* keys not given (timm_sage.config.SAGE_PRESETS)
     # precision, EMA, run
     "amp": ("bool", False),
     "amp_dtype": ("str", "float16"),
@@ -337,8 +338,26 @@ def resolve_config(
     for key, value in merged.items():
         if key in SUPPORTED:
             cfg[key] = _coerce(key, SUPPORTED[key][0], value)
+    if cfg.sage_preset is not None:
+        _apply_sage_preset(cfg, merged, source)
     _check(cfg)
     return cfg
+
+
+# The sage_* keys that are SageConfig fields (not sage_seed, sage_preset).
+_SAGE_FIELD_KEYS = tuple(f"sage_{name}" for name in SageConfig.names())
+
+
+def _apply_sage_preset(cfg: TrainConfig, given: Mapping[str, Any], source: str) -> None:
+    """Fill the SageConfig keys of ``cfg`` from its ``sage_preset``: the keys in ``given`` (YAML and
+    command line) keep their values, the others take the preset's (SageConfig.from_preset's rule)."""
+    config = SageConfig.from_mapping(
+        {key: cfg[key] for key in _SAGE_FIELD_KEYS if key in given},
+        prefix="sage_",
+        source=source,
+        preset=cfg.sage_preset,
+    )
+    cfg.update({f"sage_{name}": value for name, value in config.as_dict().items()})
 
 
 def _copy(value: Any) -> Any:
@@ -384,9 +403,7 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"workers must be >= 0, got {cfg.workers}")
     SceneParams(**{name: cfg[f"scenes_{name}"] for name in SceneParams.names()})
     # Every sage_* value, with SageConfig's rules and errors naming the key.
-    SageConfig.from_mapping(
-        {k: v for k, v in cfg.items() if k != "sage_seed"}, prefix="sage_", source="config"
-    )
+    SageConfig.from_mapping({k: cfg[k] for k in _SAGE_FIELD_KEYS}, prefix="sage_", source="config")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
