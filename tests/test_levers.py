@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_one_step import _reads
+from test_one_step import _model, _reads
 from test_train import _tiny_config
 from torch import nn
 
@@ -21,14 +21,6 @@ from timm_sage.train.session import Trainer
 
 SCRIPT = Path(__file__).with_name("timm_train_like.py")
 SCRIPT_ARGS = ["--mixup", "1.0", "--mixup-mode", "sage", "--num-samples", "16"]
-
-
-def _model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(8, 10),
-    )  # fmt: skip
 
 
 def _batch(batch: int = 10, height: int = 16, width: int = 24, seed: int = 1):

@@ -146,6 +146,11 @@ def collect(
     return results
 
 
+def _has_validation(results: dict[str, list[dict]]) -> bool:
+    """Whether every run had a validation split (``val_size``), so that its tables show it."""
+    return all(r.get("final_val_top1") is not None for runs in results.values() for r in runs)
+
+
 def _seeds_cell(runs: list[dict], *keys: str) -> str:
     """``"0: 84.41, 1: 83.90"``: each run's ``keys`` (joined by " / "), in seed order."""
     return ", ".join(
@@ -161,8 +166,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def table(results: dict[str, list[dict]]) -> str:
     """Equal epochs: final-epoch test top-1 (mean, sample std, per seed), best epoch, final train top-1
     on the un-augmented training images and the train/test gap (when the runs measured it)."""
-    with_val = all(r.get("final_val_top1") is not None for runs in results.values() for r in runs)
-    if with_val:
+    if _has_validation(results):
         return _val_table(results)
     lines = [
         "| method | runs | final top-1 mean | std | best top-1 mean | final train top-1 | train-test gap "
@@ -213,7 +217,7 @@ def selection(results: dict[str, list[dict]], prefix: str = "sage") -> str:
     """The choice made on validation: the method with the best mean validation top-1 among those whose
     name starts with ``prefix`` (the SAGE settings), and how it compares on test with the best of the
     others. Empty when the runs have no validation split."""
-    if not all(r.get("final_val_top1") is not None for runs in results.values() for r in runs):
+    if not _has_validation(results):
         return ""
     val = {m: statistics.mean(r["final_val_top1"] for r in runs) for m, runs in results.items()}
     test = {m: _mean_std([r["final_top1"] for r in runs]) for m, runs in results.items()}
@@ -294,7 +298,7 @@ def trained_budget_table(
     than ``reference`` trains its own cosine schedule over the epochs that fit in the reference's
     whole-schedule time (``shortened``); the others keep their full runs. Final weights' validation and
     test top-1 (mean, sample std, per seed)."""
-    with_val = all(r.get("final_val_top1") is not None for runs in full.values() for r in runs)
+    with_val = _has_validation(full)
     lines = [
         "| method | cost per epoch vs "
         + reference
