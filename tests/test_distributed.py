@@ -144,11 +144,16 @@ def _run_phase(rank: int, update_ratio: float, find_unused: bool) -> dict:
     return record
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
+def _join_group(rank: int, port: int) -> None:
+    """One thread, and this rank in the gloo group of WORLD ranks on ``port``."""
     torch.set_num_threads(1)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    _join_group(rank, port)
     try:
         records = [_run_phase(rank, ratio, unused) for ratio, unused in PHASES]
         dist.barrier()
@@ -220,10 +225,7 @@ def _coin_worker(rank: int, port: int, out_dir: str) -> None:
 
     from timm_sage import plugin
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=60))
+    _join_group(rank, port)
     try:
         args = argparse.Namespace(mixup_mode="sage", mixup=1.0, cutmix=1.0, cutmix_minmax=None, seed=42)
         namespace = {"Mixup": Mixup}

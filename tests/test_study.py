@@ -240,3 +240,51 @@ def test_equal_time_trains_shortened_schedules_once_and_reports_them(tmp_path, m
     sage_row = next(line for line in report.splitlines() if line.startswith("| sage | 2.00x | 2 |"))
     assert "| 73.00 | 72.50 |" in sage_row
     assert study.run(args) == 0 and len(calls) == 1  # finished runs are not trained again
+
+
+def test_a_config_added_to_a_planned_study_is_timed_beside_the_reference_and_planned_alone(
+    tmp_path, monkeypatch
+):
+    configs = {}
+    for name in ("s_vanilla", "s_sage", "s_cheap"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text("epochs: 4\n")
+    out = tmp_path / "out"
+    for stem in configs:
+        _fake_val_run(out, stem, 0, val=70.0, test=71.0)
+    (out / "_timing").mkdir()
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
+    plan = {"timed": True, "reference": "s_vanilla", "reference_epochs": 4,
+            "seconds": {"s_vanilla": 1.0, "s_sage": 2.0}, "epochs": {"s_sage": 2}}  # fmt: skip
+    (out / "budget").mkdir()
+    (out / "budget" / "plan.json").write_text(json.dumps(plan))
+    _fake_val_run(out / "budget", "s_sage", 0, val=60.0, test=61.0, epochs=2)
+    timed, trained = [], []
+
+    def fake_time_epochs(paths, rounds, output, extra):
+        timed.append([path.stem for path in paths])
+        # the machine is twice as fast now as when the study was timed: only the ratio may count
+        return {"s_vanilla": 0.5, "s_cheap": 0.75}
+
+    def fake_run(command, check):
+        trained.append(command)
+        folder = Path(command[command.index("--output") + 1])
+        stem = command[command.index("--experiment") + 1].rsplit("-seed", 1)[0]
+        epochs = int(command[command.index("--epochs") + 1])
+        _fake_val_run(folder, stem, 0, val=65.0, test=66.0, epochs=epochs)
+
+    monkeypatch.setattr(study, "time_epochs", fake_time_epochs)
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    args = parser.parse_args([*map(str, configs.values()), "--seeds", "0", "--output", str(out),
+                              "--select-on", "val", "--equal-time", "--time-steps", "3"])  # fmt: skip
+    assert study.run(args) == 0
+    assert timed == [["s_vanilla", "s_cheap"]]  # the new config beside the reference, nothing else
+    seconds = json.loads((out / "_timing" / "epoch_seconds.json").read_text())
+    assert seconds == {"s_vanilla": 1.0, "s_sage": 2.0, "s_cheap": pytest.approx(1.5)}  # 0.75 x 1.0 / 0.5
+    plan = json.loads((out / "budget" / "plan.json").read_text())
+    assert plan["epochs"] == {"s_sage": 2, "s_cheap": 2}  # floor(4 x 1.0 / 1.5); s_sage's plan kept
+    assert plan["seconds"]["s_vanilla"] == 1.0 and plan["seconds"]["s_sage"] == 2.0
+    assert len(trained) == 1 and "s_cheap-seed0" in trained[0]  # s_sage's shortened run is not redone
+    assert study.run(args) == 0 and len(timed) == 1 and len(trained) == 1  # all kept on the next call

@@ -491,11 +491,21 @@ def _budget_plan(
     from timm_sage.train.config import load_config
 
     path = args.output / "budget" / "plan.json"
-    if path.is_file() and not args.replan:
-        return json.loads(path.read_text())
     seconds = epoch_seconds or _stem_epoch_seconds(folders)
-    names = method_names([c.stem for c in args.configs])
-    reference = next((stem for stem, name in names.items() if name == args.budget_reference), None)
+    if path.is_file() and not args.replan:
+        plan = json.loads(path.read_text())
+        added = {stem: sec for stem, sec in seconds.items() if stem not in plan["seconds"]}
+        if added and (epoch_seconds is not None) == plan["timed"]:  # never mix the two clocks
+            # A config added to a planned study: planned on the same budget; the configs already
+            # planned keep their epochs, so that their finished shortened runs stay valid.
+            reference = plan["reference"]
+            plan["seconds"] |= added
+            plan["epochs"] |= budget_epochs(
+                {reference: plan["seconds"][reference], **added}, reference, plan["reference_epochs"]
+            )
+            atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+        return plan
+    reference = _reference_stem(args)
     if reference is None or reference not in seconds:
         raise ValueError(f"--budget-reference {args.budget_reference!r} has no finished runs to time")
     epochs = load_config(next(c for c in args.configs if c.stem == reference)).epochs
@@ -519,12 +529,28 @@ def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, floa
 
     path = args.output / "_timing" / "epoch_seconds.json"
     stored = json.loads(path.read_text()) if path.is_file() else {}
-    if args.replan or any(c.stem not in stored for c in args.configs):
+    missing = [c for c in args.configs if c.stem not in stored]
+    reference = _reference_stem(args)
+    if args.replan or (missing and (reference is None or reference not in stored)):
         stored |= time_epochs(args.configs, args.time_steps, args.output, extra)
+        atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
+    elif missing:
+        # Configs added to a timed study: timed beside the reference and put on the stored scale (the
+        # reference's stored seconds over its seconds now), so that the configs timed before keep theirs.
+        reference_config = next(c for c in args.configs if c.stem == reference)
+        measured = time_epochs([reference_config, *missing], args.time_steps, args.output, extra)
+        scale = stored[reference] / measured[reference]
+        stored |= {c.stem: measured[c.stem] * scale for c in missing}
         atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
     seconds = {c.stem: stored[c.stem] for c in args.configs}
     print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return seconds
+
+
+def _reference_stem(args: argparse.Namespace) -> str | None:
+    """The stem of the config named ``--budget-reference`` (None when no config is that method)."""
+    names = method_names([c.stem for c in args.configs])
+    return next((stem for stem, name in names.items() if name == args.budget_reference), None)
 
 
 def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
