@@ -495,7 +495,7 @@ def _budget_plan(
     if path.is_file() and not args.replan:
         plan = json.loads(path.read_text())
         added = {stem: sec for stem, sec in seconds.items() if stem not in plan["seconds"]}
-        if added and (epoch_seconds is not None) == plan["timed"]:  # never mix the two clocks
+        if added and (epoch_seconds is not None) == plan.get("timed", False):  # never mix the two clocks
             # A config added to a planned study: planned on the same budget; the configs already
             # planned keep their epochs, so that their finished shortened runs stay valid.
             reference = plan["reference"]
@@ -533,7 +533,6 @@ def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, floa
     reference = _reference_stem(args)
     if args.replan or (missing and (reference is None or reference not in stored)):
         stored |= time_epochs(args.configs, args.time_steps, args.output, extra)
-        atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
     elif missing:
         # Configs added to a timed study: timed beside the reference and put on the stored scale (the
         # reference's stored seconds over its seconds now), so that the configs timed before keep theirs.
@@ -541,6 +540,7 @@ def _epoch_seconds(args: argparse.Namespace, extra: list[str]) -> dict[str, floa
         measured = time_epochs([reference_config, *missing], args.time_steps, args.output, extra)
         scale = stored[reference] / measured[reference]
         stored |= {c.stem: measured[c.stem] * scale for c in missing}
+    if args.replan or missing:
         atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
     seconds = {c.stem: stored[c.stem] for c in args.configs}
     print("seconds per epoch: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
