@@ -49,6 +49,41 @@ def test_same_parameters_same_scenes_other_seed_other_scenes():
     assert first.images.shape == (20, 3, 24, 24) and first.labels.tolist() == labels.tolist()
 
 
+def _digest(split):
+    import hashlib
+
+    return hashlib.sha256(split.images.numpy().tobytes() + split.masks.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_version_1_scenes_stay_reachable_bit_for_bit():
+    # Digests of generator version 1's output (commit 1135d24) for these inputs, on the real photographs.
+    garments = _garments()
+    garments[::3, 10:14, :] = 128
+    params = scenes.SceneParams(**{**scenes.SCENES_V1, "canvas": 24, "train_size": 40, "val_size": 20})
+    labels, sources = np.arange(20) % 10, np.arange(20)
+    assert _digest(scenes.generate_split("train", garments, labels, sources, params)) == "4a73e9c4870409be"
+    assert _digest(scenes.generate_split("test", garments, labels, sources, params)) == "f44e6d0b6a1f828f"
+
+
+def test_clutter_kinds_blobs_garments_and_none_differ_only_off_the_object():
+    garments, labels, sources = _garments(), np.arange(20) % 10, np.arange(20)
+    photos = [np.full((64, 64, 3), 40, dtype=np.uint8)]  # flat grey: any change off the mask is clutter
+    for kind in scenes.CLUTTER_KINDS:
+        params = dataclasses.replace(TINY, clutter=kind, fragments=3)
+        changed = 0
+        for index in range(20):
+            image, mask = scenes.render(garments, index, np.random.default_rng(index), photos, params)
+            changed += int(np.any(image[mask == 0] != 40))
+        if kind == "none":
+            assert changed == 0
+        else:
+            assert changed >= 10  # 0-3 clutter objects per image: most images have some
+    # a blob is a smooth ellipse: no hard garment edge, its alpha at most 0.8
+    canvas = np.zeros((24, 24, 3), dtype=np.float32)
+    scenes._blob(canvas, np.random.default_rng(0), dataclasses.replace(TINY, fragment_area=0.2))
+    assert 0 < canvas.max() <= 0.8 * 255 + 1e-3 and (canvas.sum(-1) > 0).sum() > 9
+
+
 def test_splits_draw_backgrounds_from_disjoint_photographs():
     groups = [set(names) for names in scenes.PHOTOGRAPHS.values()]
     assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1 :])
@@ -61,6 +96,7 @@ def test_splits_draw_backgrounds_from_disjoint_photographs():
         ({"canvas": 8}, "scenes_canvas"),
         ({"fragments": -1}, "scenes_fragments"),
         ({"max_crop": 1.5}, "scenes_max_crop"),
+        ({"clutter": "fragments"}, "scenes_clutter must be one of blobs, garments, none"),
     ],
 )
 def test_bad_parameters_name_the_key(change, message):
@@ -68,10 +104,15 @@ def test_bad_parameters_name_the_key(change, message):
         dataclasses.replace(TINY, **change)
 
 
+def _changed(value):
+    if isinstance(value, str):
+        return next(kind for kind in scenes.CLUTTER_KINDS if kind != value)
+    return value + 1 if isinstance(value, int) else 0.3
+
+
 def test_the_cache_key_changes_with_every_parameter():
     keys = {TINY.key()} | {
-        dataclasses.replace(TINY, **{f.name: f.default + 1 if isinstance(f.default, int) else 0.3}).key()
-        for f in dataclasses.fields(TINY)
+        dataclasses.replace(TINY, **{f.name: _changed(f.default)}).key() for f in dataclasses.fields(TINY)
     }
     assert len(keys) == len(dataclasses.fields(TINY)) + 1
 

@@ -288,3 +288,100 @@ def test_a_config_added_to_a_planned_study_is_timed_beside_the_reference_and_pla
     assert plan["seconds"]["s_vanilla"] == 1.0 and plan["seconds"]["s_sage"] == 2.0
     assert len(trained) == 1 and "s_cheap-seed0" in trained[0]  # s_sage's shortened run is not redone
     assert study.run(args) == 0 and len(timed) == 1 and len(trained) == 1  # all kept on the next call
+
+
+def test_paired_difference_matches_a_hand_computed_t_interval():
+    anchor = [{"seed": s, "final_top1": v} for s, v in ((0, 80.0), (1, 82.0), (2, 84.0), (3, 90.0))]
+    rival = [{"seed": s, "final_top1": v} for s, v in ((0, 79.0), (1, 80.0), (2, 84.0))]  # no seed 3
+    diff = study.paired_difference(anchor, rival)
+    # differences 1, 2, 0: mean 1, sd 1, n 3, t(0.975, 2) = 4.303 -> half-width 4.303 / sqrt(3) = 2.4843
+    assert diff["seeds"] == [0, 1, 2] and diff["diffs"] == [1.0, 2.0, 0.0]
+    assert diff["mean"] == pytest.approx(1.0)
+    assert diff["low"] == pytest.approx(1 - 2.48434, abs=1e-4) and diff["high"] == pytest.approx(
+        3.48434, abs=1e-4
+    )
+    assert study.paired_difference(anchor, rival[:1]) is None  # one shared seed: no interval
+    assert study.t_quantile_975(4) == 2.776 and study.t_quantile_975(1000) == 1.96
+    with pytest.raises(ValueError, match="dof"):
+        study.t_quantile_975(0)
+
+
+def test_paired_table_says_which_rivals_lie_beyond_the_interval(tmp_path):
+    folders = []
+    for seed, (a, b, c) in enumerate(((70.0, 60.0, 69.0), (71.0, 61.0, 72.0), (72.0, 62.5, 70.0))):
+        folders += [
+            _fake_val_run(tmp_path, "s_sage", seed, val=a, test=a),
+            _fake_val_run(tmp_path, "s_cutmix", seed, val=b, test=b),
+            _fake_val_run(tmp_path, "s_vanilla", seed, val=c, test=c),
+        ]
+    text = study.paired_table(study.collect(folders, metric="val"), "sage")
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()[2:]}
+    assert set(rows) == {"cutmix", "vanilla"}
+    assert "| better |" in rows["cutmix"] and "0: +10.00, 1: +10.00, 2: +9.50" in rows["cutmix"]
+    assert "| no |" in rows["vanilla"]  # +1, -1, +2: the interval spans zero
+    assert study.paired_table(study.collect(folders, metric="val"), "mixup") == ""
+
+
+def test_extended_epochs_give_the_cheaper_methods_the_costlier_ones_time():
+    seconds = {"vanilla": 2.0, "cutmix": 2.05, "sage": 4.1, "sage_cheap": 4.0}
+    # 40 epochs x 4.1 s = 164 s: vanilla floor(164 / 2) = 82, cutmix 80; sage_cheap within 5 %: left out
+    assert study.extended_epochs(seconds, "sage", 40, ["vanilla", "cutmix", "sage_cheap"]) == {
+        "vanilla": 82, "cutmix": 80,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--extend-to"):
+        study.extended_epochs(seconds, "mixup", 40, ["vanilla"])
+
+
+def test_extend_to_trains_longer_baselines_once_and_reports_them_paired(tmp_path, monkeypatch):
+    configs = []
+    for name in ("s_vanilla", "s_sage"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text("epochs: 4\n")
+        configs.append(path)
+    out = tmp_path / "out"
+    for seed in (0, 1):
+        _fake_val_run(out, "s_vanilla", seed, val=70.0 + seed, test=71.0 + seed, epoch_time=1.0)
+        _fake_val_run(out, "s_sage", seed, val=75.0, test=76.0 + 2 * seed, epoch_time=2.0)
+    calls = []
+
+    def fake_run(command, check):
+        calls.append(command)
+        epochs = int(command[command.index("--epochs") + 1])
+        seed = int(command[command.index("--seed") + 1])
+        folder = Path(command[command.index("--output") + 1])
+        _fake_val_run(folder, command[command.index("--experiment") + 1].rsplit("-seed", 1)[0], seed,
+                      val=73.0, test=72.0 + seed, epochs=epochs, epoch_time=1.0)  # fmt: skip
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    args = parser.parse_args([*map(str, configs), "--seeds", "0", "1", "--output", str(out), "--select-on",
+                              "val", "--extend-to", "sage", "--paired", "sage"])  # fmt: skip
+    assert study.run(args) == 0
+    # vanilla gets sage's 4 epochs x 2 s = 8 s: 8 epochs of its own schedule, for each seed, under extended/
+    assert len(calls) == 2 and all(c[c.index("--epochs") + 1] == "8" for c in calls)
+    assert all("extended" in c[c.index("--output") + 1] for c in calls)
+    plan = json.loads((out / "extended" / "plan.json").read_text())
+    assert plan["epochs"] == {"s_vanilla": 8} and plan["target"] == "s_sage"
+    report = study.run(args)  # finished: nothing trained again
+    assert report == 0 and len(calls) == 2
+
+
+def test_a_run_claimed_by_a_live_process_is_skipped_and_a_stale_claim_taken_over(tmp_path, monkeypatch):
+    config = tmp_path / "s_vanilla.yaml"
+    config.write_text("epochs: 1\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    busy, stale = out / ".s_vanilla-seed0.lock", out / ".s_vanilla-seed1.lock"
+    busy.write_text(str(__import__("os").getppid()))  # a live process, not us
+    stale.write_text("999999999")  # no such process
+    trained = []
+
+    def fake_run(command, check):
+        trained.append(command[command.index("--experiment") + 1])
+        assert (out / f".{trained[-1]}.lock").read_text() == str(__import__("os").getpid())
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    study.run_study([config], [0, 1], out, [])
+    assert trained == ["s_vanilla-seed1"]
+    assert busy.is_file() and not stale.exists()  # ours is removed when the run ends

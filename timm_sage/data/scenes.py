@@ -1,9 +1,12 @@
-"""``fashion_mnist_scenes``: Fashion-MNIST garments placed small and off-centre on natural photographs.
+"""``fashion_mnist_scenes``: Fashion-MNIST garments placed off-centre on natural photographs, among clutter.
 
 A benchmark where saliency should matter (docs/results.md): each image is an RGB canvas with one
-garment (the labelled object) covering roughly ``min_area``-``max_area`` of it, at a random position,
-in a random colour, composited with its own intensity as alpha over a random crop (random scale, random
-flip) of a photograph, with a few small fragments of other garments as clutter underneath. Training,
+garment (the labelled object) whose square frame covers ``min_area``-``max_area`` of it, at a random
+position, in a random colour, composited with its own intensity as alpha over a random crop (random
+scale, random flip) of a photograph, with a few clutter objects underneath (``clutter``: soft coloured
+ellipses that cannot be mistaken for a garment, the default since generator version 2; fragments of other
+garments, version 1's clutter; or none). The defaults are the version-2 benchmark; the version-1 scenes
+(32 px, fragments of garments) stay reachable with :data:`SCENES_V1`. Training,
 validation and test backgrounds come from **disjoint** photographs (``PHOTOGRAPHS``), so a model cannot
 win by memorising backgrounds. The generator knows each object's exact mask (its alpha, kept as uint8).
 
@@ -29,9 +32,15 @@ import torch.nn.functional as F
 from timm_sage._atomic import atomic_open
 from timm_sage.core import checks
 
-__all__ = ["PHOTOGRAPHS", "SceneParams", "SceneSplit", "generate_split", "load_scenes", "cache_dir"]
+__all__ = [
+    "CLUTTER_KINDS", "PHOTOGRAPHS", "SCENES_V1", "SceneParams", "SceneSplit", "cache_dir", "generate_split",
+    "load_scenes",
+]  # fmt: skip
 
-GENERATOR_VERSION = 1  # part of the cache key: bump when the drawing changes
+# Part of the cache key: bump when the drawing changes. 2: the clutter kinds (blobs, none); with
+# clutter "garments" version 2 draws exactly version 1's scenes.
+GENERATOR_VERSION = 2
+CLUTTER_KINDS = ("blobs", "garments", "none")
 
 # Disjoint photographs per split (all ship inside scikit-image's wheel). Each group mixes textures and
 # scenes, colour and grey.
@@ -48,22 +57,26 @@ class SceneParams:
     """The generator's parameters (``timm-sage train`` keys ``scenes_<name>``); validated at construction.
 
     ``canvas``: side of the square RGB image, px. ``min_area`` / ``max_area``: the garment's square
-    frame covers this share of the canvas (drawn uniformly). ``min_crop`` / ``max_crop``: the background
-    crop's side as a share of the photograph's shorter side (random scale). ``fragments``: at most this
-    many clutter fragments per image (drawn in 0..fragments), each a random quarter-to-half crop of
-    another garment, ``fragment_area`` of the canvas. ``train_size`` / ``val_size``: class-balanced
+    frame covers this share of the canvas (drawn uniformly; 0.12-0.42 is a frame side of 35-65 % of the
+    canvas). ``min_crop`` / ``max_crop``: the background crop's side as a share of the photograph's
+    shorter side (random scale). ``clutter``: what lies under the garment, one of :data:`CLUTTER_KINDS`:
+    ``"blobs"`` (soft ellipses in random colours, partly transparent), ``"garments"`` (random
+    quarter-to-half crops of other garments, version 1) or ``"none"``. ``fragments``: at most this many
+    clutter objects per image (drawn in 0..fragments), each ``fragment_area`` of the canvas (a blob's
+    bounding box, a fragment's square). ``train_size`` / ``val_size``: class-balanced
     images drawn from Fashion-MNIST's training set (disjoint), ``test_size``: from its test set
     (0: all 10,000). ``seed``: of every draw.
     """
 
-    canvas: int = 32
-    min_area: float = 0.10
-    max_area: float = 0.40
+    canvas: int = 40
+    min_area: float = 0.12
+    max_area: float = 0.42
     min_crop: float = 0.15
     max_crop: float = 0.60
+    clutter: str = "blobs"
     fragments: int = 3
     fragment_area: float = 0.06
-    train_size: int = 5000
+    train_size: int = 2000
     val_size: int = 2000
     test_size: int = 0
     seed: int = 0
@@ -79,6 +92,8 @@ class SceneParams:
             raise ValueError(f"scenes_canvas must be at least 16 px, got {self.canvas}")
         for name in ("min_area", "max_area", "min_crop", "max_crop", "fragment_area"):
             checks.check_fraction(f"scenes_{name}", getattr(self, name), open_low=True)
+        if not isinstance(self.clutter, str) or self.clutter not in CLUTTER_KINDS:
+            raise ValueError(f"scenes_clutter must be one of {', '.join(CLUTTER_KINDS)}, got {self.clutter!r}")
         if self.min_area > self.max_area:
             raise ValueError(f"scenes_min_area ({self.min_area}) exceeds scenes_max_area ({self.max_area})")
         if self.min_crop > self.max_crop:
@@ -92,6 +107,14 @@ class SceneParams:
         """Cache key: a hash of every parameter and the generator's version."""
         text = json.dumps({"version": GENERATOR_VERSION, **dataclasses.asdict(self)}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# The version-1 scenes (the 500-image study of docs/results.md): 32 px, frames of 10-40 % of the canvas,
+# fragments of other garments as clutter, a 5,000-image training pool. SceneParams(**SCENES_V1).
+SCENES_V1: dict[str, object] = {
+    "canvas": 32, "min_area": 0.10, "max_area": 0.40, "clutter": "garments", "train_size": 5000,
+    "val_size": 2000,
+}  # fmt: skip
 
 
 @dataclass
@@ -166,21 +189,45 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, alpha: np.ndarray, colour: np.
     region[:] = alpha[..., None] * shade + (1 - alpha[..., None]) * region
 
 
+def _garment_fragment(canvas: np.ndarray, garments: np.ndarray, rng: np.random.Generator, params: SceneParams):
+    """Version 1's clutter: a random quarter-to-half crop of another garment, in place."""
+    size = params.canvas
+    other = garments[int(rng.integers(len(garments)))].astype(np.float32) / 255
+    ch, cw = (int(rng.integers(7, 15)) for _ in range(2))
+    top, left = int(rng.integers(0, 28 - ch + 1)), int(rng.integers(0, 28 - cw + 1))
+    piece = other[top : top + ch, left : left + cw]
+    side = max(3, int(round(size * np.sqrt(params.fragment_area))))
+    piece = np.clip(_resize(piece, side), 0, 1)
+    y, x = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+    _paste(canvas, piece, piece, _colour(rng), y, x)
+
+
+def _blob(canvas: np.ndarray, rng: np.random.Generator, params: SceneParams):
+    """A soft ellipse (aspect 1:2 to 2:1, bounding box ``fragment_area`` of the canvas) in a random colour,
+    40-80 % opaque, in place: clutter with no garment's outline, so it cannot be mistaken for the label."""
+    size = params.canvas
+    side = max(3.0, size * np.sqrt(params.fragment_area))
+    aspect = np.exp(rng.uniform(-np.log(2), np.log(2)))
+    ry, rx = side / 2 * np.sqrt(aspect), side / 2 / np.sqrt(aspect)
+    cy, cx = rng.uniform(0, size), rng.uniform(0, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    radius = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    alpha = np.clip((1.0 - radius) * 3.0, 0, 1) * rng.uniform(0.4, 0.8)  # a soft edge, a third of the radius
+    _paste(canvas, np.ones_like(alpha), alpha.astype(np.float32), _colour(rng), 0, 0)
+
+
 def render(
     garments: np.ndarray, index: int, rng: np.random.Generator, photos: list[np.ndarray], params: SceneParams
 ) -> tuple[np.ndarray, np.ndarray]:
     """One scene from ``garments[index]`` ((N, 28, 28) uint8): (image (S, S, 3) uint8, mask (S, S) uint8)."""
     size = params.canvas
     canvas = _background(rng, photos, params)
-    for _ in range(int(rng.integers(0, params.fragments + 1))):
-        other = garments[int(rng.integers(len(garments)))].astype(np.float32) / 255
-        ch, cw = (int(rng.integers(7, 15)) for _ in range(2))
-        top, left = int(rng.integers(0, 28 - ch + 1)), int(rng.integers(0, 28 - cw + 1))
-        piece = other[top : top + ch, left : left + cw]
-        side = max(3, int(round(size * np.sqrt(params.fragment_area))))
-        piece = np.clip(_resize(piece, side), 0, 1)
-        y, x = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
-        _paste(canvas, piece, piece, _colour(rng), y, x)
+    if params.clutter != "none":
+        for _ in range(int(rng.integers(0, params.fragments + 1))):
+            if params.clutter == "garments":
+                _garment_fragment(canvas, garments, rng, params)
+            else:
+                _blob(canvas, rng, params)
     area = rng.uniform(params.min_area, params.max_area)
     side = min(size, max(4, int(round(size * np.sqrt(area)))))
     garment = np.clip(_resize(garments[index].astype(np.float32) / 255, side), 0, 1)

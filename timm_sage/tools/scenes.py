@@ -49,8 +49,7 @@ def plot_samples(splits: dict[str, scenes.SceneSplit], path: Path, count: int = 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
-        help="a generator parameter (canvas, min_area, max_area, min_crop, max_crop, fragments, "
-        "fragment_area, train_size, val_size, test_size, seed); repeatable",
+        help=f"a generator parameter ({', '.join(scenes.SceneParams.names())}); repeatable",
     )  # fmt: skip
     parser.add_argument("--data-dir", default=None, help="Fashion-MNIST idx folder (default: Debian's)")
     parser.add_argument("--figure", type=Path, default=None, help="PNG of samples and masks per split")

@@ -50,6 +50,9 @@ def run_study(
             if (folder / "summary.json").is_file():
                 print(f"[study] {name}: finished earlier, skipped", flush=True)
                 continue
+            if not _claim(folder):
+                print(f"[study] {name}: being trained by another process, skipped", flush=True)
+                continue
             command = [
                 sys.executable,
                 "-m",
@@ -70,8 +73,50 @@ def run_study(
             if (folder / "last.pth.tar").is_file():
                 command += ["--resume", str(folder / "last.pth.tar")]
             print(f"[study] {name}: {' '.join(command[3:])}", flush=True)
-            subprocess.run(command, check=True)
+            try:
+                subprocess.run(command, check=True)
+            finally:
+                _lock_path(folder).unlink(missing_ok=True)
     return folders
+
+
+def _lock_path(folder: Path) -> Path:
+    """``OUTPUT/.NAME.lock``, beside the run's folder (which the trainer creates)."""
+    return folder.with_name(f".{folder.name}.lock")
+
+
+def _claim(folder: Path) -> bool:
+    """Claim the run ``folder`` for this process: create its lock (exclusively) holding our pid.
+    False when another live process holds it; a lock left by a dead process is taken over. So two
+    processes running the same study command share its runs (at most two on this project's 2-core box)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_path(folder)
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - another user's process
+        return True
+    return True
 
 
 def method_names(stems: list[str]) -> dict[str, str]:
@@ -291,6 +336,88 @@ def budget_epochs(
     }
 
 
+def extended_epochs(
+    epoch_seconds: dict[str, float], target: str, epochs: int, stems: list[str], tolerance: float = 0.05
+) -> dict[str, int]:
+    """Equal cost the other way: epochs of each of ``stems``' own schedules within ``target``'s
+    whole-schedule time, ``floor(epochs * t_target / t)``, for the stems that cost less than
+    ``1 - tolerance`` of the target per epoch (what a user with the costlier method's budget could run
+    instead). Keys are config stems."""
+    if target not in epoch_seconds:
+        raise ValueError(f"--extend-to {target!r} has no epoch time (configs: {sorted(epoch_seconds)})")
+    budget = epoch_seconds[target] * epochs
+    return {
+        stem: int(budget // epoch_seconds[stem])
+        for stem in stems
+        if epoch_seconds[stem] < epoch_seconds[target] * (1 - tolerance)
+    }
+
+
+# Two-sided 95 % quantiles of Student's t for 1-30 degrees of freedom (any table of t gives them).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 97.5 % quantile of Student's t with ``dof`` degrees of freedom (1.96 beyond 30, within 2 %)."""
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+    return _T975[dof - 1] if dof <= len(_T975) else 1.960
+
+
+def paired_difference(anchor: list[dict], rival: list[dict], key: str = "final_top1") -> dict | None:
+    """``anchor`` minus ``rival`` seed by seed on ``key``: {"seeds", "diffs", "mean", "low", "high"} with a
+    95 % t interval over the seeds both have (None with fewer than two)."""
+    theirs = {r["seed"]: r[key] for r in rival}
+    pairs = sorted((r["seed"], r[key] - theirs[r["seed"]]) for r in anchor if r["seed"] in theirs)
+    if len(pairs) < 2:
+        return None
+    diffs = [d for _, d in pairs]
+    mean, spread = _mean_std(diffs)
+    half = t_quantile_975(len(diffs) - 1) * spread / len(diffs) ** 0.5
+    return {
+        "seeds": [s for s, _ in pairs],
+        "diffs": diffs,
+        "mean": mean,
+        "low": mean - half,
+        "high": mean + half,
+    }
+
+
+def paired_table(results: dict[str, list[dict]], anchor: str) -> str:
+    """``anchor`` minus each other method, paired by seed: mean difference of test top-1 (and of
+    validation top-1 where the runs have it) with its 95 % t interval, and the per-seed differences.
+    Empty when ``anchor`` has no runs."""
+    if anchor not in results:
+        return ""
+    with_val = _has_validation(results)
+    lines = [
+        f"| {anchor} minus | seeds | "
+        + ("val diff (95 % interval) | " if with_val else "")
+        + "test diff | 95 % interval | beyond the interval | per seed (test) |",
+        "|---|---:|" + ("---:|" if with_val else "") + "---:|---:|---|---|",
+    ]
+    for method, runs in results.items():
+        if method == anchor:
+            continue
+        test = paired_difference(results[anchor], runs)
+        if test is None:
+            continue
+        val_cell = ""
+        if with_val:
+            val = paired_difference(results[anchor], runs, "final_val_top1")
+            val_cell = f"{val['mean']:+.2f} ({val['low']:+.2f}, {val['high']:+.2f}) | "
+        verdict = "better" if test["low"] > 0 else "worse" if test["high"] < 0 else "no"
+        seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(test["seeds"], test["diffs"], strict=True))
+        lines.append(
+            f"| {method} | {len(test['diffs'])} | {val_cell}{test['mean']:+.2f} "
+            f"| ({test['low']:+.2f}, {test['high']:+.2f}) | {verdict} | {seeds} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def trained_budget_table(
     full: dict[str, list[dict]], shortened: dict[str, list[dict]], costs: dict[str, float], reference: str
 ) -> str:
@@ -461,6 +588,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--replan", action="store_true", help="with --equal-time: recompute plan.json")
     parser.add_argument(
+        "--extend-to", default=None, metavar="METHOD",
+        help="equal cost the other way: the --extend methods train their own schedules over the epochs "
+        "that fit in METHOD's whole-schedule time (runs and plan.json under OUTPUT/extended)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--extend", nargs="+", default=None, metavar="METHOD",
+        help="with --extend-to: the cheaper methods to give its time (default: every method that costs less)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--paired", default=None, metavar="METHOD",
+        help="add tables of METHOD minus each other method, paired by seed, with 95 %% t intervals",
+    )  # fmt: skip
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -553,17 +693,73 @@ def _reference_stem(args: argparse.Namespace) -> str | None:
     return next((stem for stem, name in names.items() if name == args.budget_reference), None)
 
 
+def _paired_section(results: dict[str, list[dict]], anchor: str | None, where: str) -> str:
+    """The --paired table for one comparison, with its heading; empty without --paired or runs."""
+    text = paired_table(results, anchor) if anchor else ""
+    if not text:
+        return ""
+    return (
+        f"\n\n**Paired by seed, {where}**: {anchor} minus each method, test top-1 points; the interval is "
+        "the mean difference ± t(0.975, n-1) · sd / √n over the seeds both have\n\n" + text
+    )
+
+
 def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
     """The Markdown file and the section that ``args`` (with ``--report``) write."""
     return args.report, args.section
 
 
+def _stem_of(args: argparse.Namespace, method: str, option: str) -> str:
+    names = method_names([c.stem for c in args.configs])
+    stem = next((stem for stem, name in names.items() if name == method), None)
+    if stem is None:
+        raise ValueError(f"{option} {method!r} is none of the configs' methods ({', '.join(names.values())})")
+    return stem
+
+
+def _extension_plan(
+    args: argparse.Namespace, folders: list[Path], epoch_seconds: dict[str, float] | None
+) -> dict:
+    """The lengthened schedules of --extend-to, written once to ``output/extended/plan.json`` and reused
+    after: {"target", "target_epochs", "seconds", "epochs": {stem: epochs}}."""
+    from timm_sage._atomic import atomic_write_text
+    from timm_sage.train.config import load_config
+
+    path = args.output / "extended" / "plan.json"
+    if path.is_file() and not args.replan:
+        return json.loads(path.read_text())
+    target = _stem_of(args, args.extend_to, "--extend-to")
+    names = method_names([c.stem for c in args.configs])
+    if args.extend is None:
+        stems = [stem for stem in names if stem != target]
+    else:
+        stems = [_stem_of(args, method, "--extend") for method in args.extend]
+    seconds = epoch_seconds or _stem_epoch_seconds(folders)
+    missing = [stem for stem in [target, *stems] if stem not in seconds]
+    if missing:
+        raise ValueError(f"--extend-to: no epoch time yet for {', '.join(missing)} (use --time-steps)")
+    epochs = load_config(next(c for c in args.configs if c.stem == target)).epochs
+    plan = {
+        "timed": epoch_seconds is not None,
+        "target": target,
+        "target_epochs": epochs,
+        "seconds": {stem: seconds[stem] for stem in [target, *stems]},
+        "epochs": extended_epochs(seconds, target, epochs, stems),
+    }
+    atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
 def run(args: argparse.Namespace) -> int:
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     extra = override_flags(args.set)
+    if args.extend is not None and args.extend_to is None:
+        raise ValueError("--extend needs --extend-to")
+    # Timed first, before any training, so that the clock is read on the machine the study will have
+    # and not beside a running study (kept in OUTPUT/_timing: a resumed study reuses it).
+    epoch_seconds = _epoch_seconds(args, extra)
     if not args.report_only:
         run_study(args.configs, args.seeds, args.output, extra)
-    epoch_seconds = _epoch_seconds(args, extra)
     names = method_names([c.stem for c in args.configs])
     shortened: dict[str, list[dict]] = {}
     plan = None
@@ -576,6 +772,19 @@ def run(args: argparse.Namespace) -> int:
             args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
         ]
         shortened = collect(budget_folders, names=names, metric=args.select_on)
+    extension = None
+    extended: dict[str, list[dict]] = {}
+    if args.extend_to is not None:
+        extension = _extension_plan(args, folders, epoch_seconds)
+        extended_configs = [c for c in args.configs if c.stem in extension["epochs"]]
+        if not args.report_only:
+            run_study(
+                extended_configs, args.seeds, args.output / "extended", extra, epochs=extension["epochs"]
+            )
+        extended = collect(
+            [args.output / "extended" / run_name(c, s) for c in extended_configs for s in args.seeds],
+            names=names, metric=args.select_on,
+        )  # fmt: skip
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
@@ -583,6 +792,7 @@ def run(args: argparse.Namespace) -> int:
     chosen = selection(results) if args.select_on == "val" else ""
     if chosen:
         body += "\n\n" + chosen
+    body += _paired_section(results, args.paired, "at equal epochs")
     if plan is not None and args.budget_reference in results:
         reference_seconds = plan["seconds"][plan["reference"]]
         costs = {
@@ -602,8 +812,23 @@ def run(args: argparse.Namespace) -> int:
         chosen = selection(trained_results(results, shortened)) if args.select_on == "val" else ""
         if chosen:
             body += "\n\nAt equal wall-clock: " + chosen
+        body += _paired_section(trained_results(results, shortened), args.paired, "at equal wall-clock")
     elif args.budget_reference in results:
         body += "\n\n**Equal wall-clock**\n\n" + budget_table(results, args.budget_reference)
+    if extension is not None:
+        target = names[extension["target"]]
+        if target in results:
+            given = {target: results[target]} | {
+                names[stem]: results[names[stem]] for stem in extension["epochs"] if names[stem] in results
+            }
+            target_seconds = extension["seconds"][extension["target"]]
+            costs = {names[stem]: sec / target_seconds for stem, sec in extension["seconds"].items()}
+            body += (
+                f"\n\n**Equal cost the other way: the cheaper methods given {target}'s time** (budget: "
+                f"{extension['target_epochs']} epochs of {target}; each trains its own schedule over the "
+                "epochs that fit, to completion)\n\n" + trained_budget_table(given, extended, costs, target)
+            )
+            body += _paired_section(trained_results(given, extended), args.paired, f"at {target}'s time")
     print(body)
     if args.figure is not None:
         plot_curves(results, args.figure, args.title, metric=args.select_on)
