@@ -157,3 +157,107 @@ def test_compiled_model_trains_with_sage_mixup(update_ratio: float) -> None:
     for reference, got in zip(eager, compiled, strict=True):
         assert torch.isfinite(got).all()
         assert torch.allclose(got, reference, rtol=1e-4, atol=1e-6)
+
+
+def _five_steps(model, mixer, steps: int = 5, size: int = 12):
+    """``steps`` SAGE training steps of ``model`` with ``mixer``; the plain module's weights after them."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(step)
+        x, y = (
+            torch.randn(6, 3, size, size, generator=gen),
+            torch.randint(0, NUM_CLASSES, (6,), generator=gen),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        images, target = mixer(x, y)
+        loss = torch.sum(-target * F.log_softmax(model(images), -1), -1).mean() * mixer.loss_weight
+        loss.backward()
+        optimizer.step()
+    return [p.detach().clone() for p in mixer.model.parameters()]
+
+
+@pytest.mark.parametrize("update_ratio", [1.0, 0.5])
+def test_compiled_saliency_pass_compiles_once_and_not_again_over_five_steps(update_ratio: float) -> None:
+    """With a compiled model the saliency pass runs through the compiled graph: one more graph than the
+    training forward (its input requires grad), compiled at the first step, none after, no graph break.
+    On the code before saliency_compile (0.x: the pass ran the unwrapped module eagerly) frame_count is 1:
+    the saliency pass never entered the compiler, and this test fails there."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    net = _Net()
+    counter = CompileCounterWithBackend("aot_eager")
+    model = torch.compile(net, backend=counter)
+    mixer = SageMixup(mode="sage", model=model, num_classes=NUM_CLASSES, seed=1, rand_pos=0.1,
+                      update_ratio=update_ratio)  # fmt: skip
+    assert mixer.model is net and mixer.saliency_model is model
+    counters.clear()
+    _five_steps(model, mixer, steps=1)
+    assert counter.frame_count == 2  # the training forward and the saliency forward
+    _five_steps(model, mixer, steps=4)
+    assert counter.frame_count == 2, "recompiled after the first step"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 2
+
+
+def test_saliency_compile_eager_keeps_the_pass_out_of_the_compiler() -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    net = _Net()
+    counter = CompileCounterWithBackend("aot_eager")
+    model = torch.compile(net, backend=counter)
+    mixer = SageMixup(mode="sage", model=model, num_classes=NUM_CLASSES, seed=1, saliency_compile="eager")
+    assert mixer.saliency_model is net
+    _five_steps(model, mixer, steps=2)
+    assert counter.frame_count == 1  # the training forward only
+    with pytest.raises(ValueError, match="saliency_compile"):
+        SageMixup(mode="sage", num_classes=NUM_CLASSES, saliency_compile="inductor")
+
+
+def test_compile_options_compile_the_pass_of_a_model_compiled_after_binding() -> None:
+    """timm's train.py compiles the model after the plugin has seen it: compile_options (its
+    --torchcompile backend) compile the saliency pass all the same."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    net = _Net()
+    counter = CompileCounterWithBackend("aot_eager")
+    mixer = SageMixup(mode="sage", model=net, num_classes=NUM_CLASSES, seed=1,
+                      compile_options={"backend": counter})  # fmt: skip
+    assert mixer.saliency_model is not net and mixer.saliency_model._orig_mod is net
+    mixer(torch.randn(4, 3, 10, 10), torch.arange(4) % NUM_CLASSES)
+    assert counter.frame_count == 1
+    with pytest.raises(TypeError, match="compile_options"):
+        SageMixup(mode="sage", num_classes=NUM_CLASSES, compile_options="inductor")
+
+
+def test_a_compiled_wrapper_outside_another_wrapper_compiles_the_plain_module_with_its_settings() -> None:
+    from timm_sage.config import SageConfig
+    from timm_sage.mixup import saliency_model
+
+    net = _Net()
+    outer = torch.compile(nn.DataParallel(net), backend="aot_eager")  # compile(DDP(model)) has this shape
+    view = saliency_model(outer, SageConfig())
+    assert view is not outer and view._orig_mod is net and view.dynamo_ctx is outer.dynamo_ctx
+    assert saliency_model(outer, SageConfig(saliency_compile="eager")) is net
+    assert saliency_model(net, SageConfig()) is net  # nothing compiled: eager
+
+
+def test_inductor_saliency_and_weights_match_eager() -> None:
+    """CPU inductor (gcc): the compiled saliency pass gives the eager saliency within float tolerance, and
+    three SageMixup steps (update_ratio 0.7: the clean term's gradient through the compiled backward)
+    leave the same weights."""
+    results = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        net = _Net()
+        model = torch.compile(net, backend="inductor") if compiled else net
+        mixer = SageMixup(mode="sage", model=model, num_classes=NUM_CLASSES, seed=3, rand_pos=0.1,
+                          update_ratio=0.7)  # fmt: skip
+        weights = _five_steps(model, mixer, steps=3)
+        results[compiled] = (weights, mixer.last.saliency)
+    (eager_weights, eager_saliency), (compiled_weights, compiled_saliency) = results[False], results[True]
+    assert torch.allclose(compiled_saliency, eager_saliency, rtol=1e-4, atol=1e-6)
+    for got, want in zip(compiled_weights, eager_weights, strict=True):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -66,7 +66,7 @@ def test_version_1_scenes_stay_reachable_bit_for_bit():
 
 
 def test_clutter_kinds_blobs_garments_and_none_differ_only_off_the_object():
-    garments, labels, sources = _garments(), np.arange(20) % 10, np.arange(20)
+    garments = _garments()
     photos = [np.full((64, 64, 3), 40, dtype=np.uint8)]  # flat grey: any change off the mask is clutter
     for kind in scenes.CLUTTER_KINDS:
         params = dataclasses.replace(TINY, clutter=kind, fragments=3)

@@ -385,3 +385,32 @@ def test_a_run_claimed_by_a_live_process_is_skipped_and_a_stale_claim_taken_over
     study.run_study([config], [0, 1], out, [])
     assert trained == ["s_vanilla-seed1"]
     assert busy.is_file() and not stale.exists()  # ours is removed when the run ends
+
+
+def test_a_study_resumes_elsewhere_from_its_record(tmp_path, monkeypatch):
+    config = tmp_path / "s_vanilla.yaml"
+    config.write_text("epochs: 2\n")
+    trained = []
+
+    def fake_run(command, check):
+        trained.append(command)
+        folder = Path(command[command.index("--output") + 1])
+        seed = int(command[command.index("--seed") + 1])
+        run = _fake_val_run(folder, "s_vanilla", seed, val=60.0 + seed, test=59.0, epochs=2)
+        (run / "last.pth.tar").write_bytes(b"a checkpoint: not recorded")
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    record = tmp_path / "record"
+    first = ["--seeds", "0", "1", "--select-on", "val", "--record", str(record)]
+    assert study.run(parser.parse_args([str(config), "--output", str(tmp_path / "here"), *first])) == 0
+    assert len(trained) == 2
+    kept = sorted(p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file())
+    assert kept == [f"s_vanilla-seed{s}/{name}" for s in (0, 1) for name in ("metrics.jsonl", "summary.json")]
+    # another machine: an empty output folder, the record committed; seed 2 is new
+    again = parser.parse_args([str(config), "--output", str(tmp_path / "there"), *first[:3], "2", *first[3:]])
+    assert study.run(again) == 0
+    assert len(trained) == 3 and "s_vanilla-seed2" in trained[-1]
+    assert (tmp_path / "there" / "s_vanilla-seed0" / "summary.json").is_file()
+    assert (record / "s_vanilla-seed2" / "summary.json").is_file()

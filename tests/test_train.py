@@ -219,7 +219,8 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
 
     folder = Path(__file__).resolve().parents[1] / "train_configs"
     paths = sorted(folder.glob("*.yaml"))
-    assert len(paths) == 16 + 1 + 4 + 14 + 14  # CIFAR, main job, 10k study, data-scarce study, scenes study
+    # CIFAR, main job, 10k study, data-scarce study, scenes study (version 1), scenes-2 study
+    assert len(paths) == 16 + 1 + 4 + 14 + 14 + 9
     for path in paths:
         cfg = load_config(path)
         raw = yaml.safe_load(path.read_text())

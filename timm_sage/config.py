@@ -41,6 +41,7 @@ SALIENCY_REDUCTIONS = ("mean_abs", "l2")
 REARRANGEMENTS = ("search", "none", "random")
 SALIENCY_MODES = ("train", "eval")
 CLEAN_TERMS = ("separate_pass", "in_batch")
+SALIENCY_COMPILES = ("follow", "eager")
 
 
 # Where a default comes from: "reference", the authors' code (its argparse default, or what it always
@@ -182,6 +183,14 @@ class SageConfig:
         reference="no option, the clean loss's gradient from the saliency pass's own backward",
     )  # fmt: skip
 
+    saliency_compile: str = _option(
+        "follow", "how the saliency pass runs the model: follow (compiled when the model is: a "
+        "torch.compile'd model, or --torchcompile / torchcompile, with the model's own compiler settings; "
+        "eager otherwise) "
+        "or eager (always the plain module, eagerly; compiled and eager passes agree to float tolerance)",
+        choices=SALIENCY_COMPILES, kind=str, origin="reference", reference="no option, eager PyTorch",
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise int -> float once, here
         set_(self, "upper_lambda", checks.check_fraction("upper_lambda", self.upper_lambda))
@@ -214,6 +223,7 @@ class SageConfig:
                     "resize the saliency pass; set one of them (saliency_scale 1 with saliency_size)"
                 )
         checks.check_choice("clean_term", self.clean_term, CLEAN_TERMS)
+        checks.check_choice("saliency_compile", self.saliency_compile, SALIENCY_COMPILES)
 
     # ------------------------------------------------------------------------------------ helpers
     def check_image_size(self, height: int, width: int) -> None:

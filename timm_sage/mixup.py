@@ -27,7 +27,7 @@ from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossW
 from timm_sage.core.step import SageDraws, sage_step
 from timm_sage.functional import SageParams
 
-__all__ = ["SageMixup", "SageParams", "SageMixRecord", "unwrap_model"]
+__all__ = ["SageMixup", "SageParams", "SageMixRecord", "compiled_wrapper", "saliency_model", "unwrap_model"]
 
 MODES = ("batch", "pair", "elem", "half", "sage")
 _D = SAGE_DEFAULTS  # the signature's defaults come from SageConfig, written once there
@@ -91,14 +91,54 @@ def _known_wrappers() -> tuple[type, ...]:
     return tuple(wrappers)
 
 
+def _optimized_module_type() -> type | None:
+    eval_frame = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
+    return getattr(eval_frame, "OptimizedModule", None)
+
+
+def compiled_wrapper(model: nn.Module) -> nn.Module | None:
+    """The outermost ``torch.compile`` OptimizedModule among ``model``'s known wrappers (DDP, DataParallel,
+    EMA, compile, in any nesting), or None when nothing in the chain is compiled. Metadata only."""
+    wrappers, optimized = _known_wrappers(), _optimized_module_type()
+    for _ in range(16):
+        if optimized is not None and isinstance(model, optimized):
+            return model
+        if not isinstance(model, wrappers):
+            return None
+        model = model.module
+    return None
+
+
+def saliency_model(
+    model: nn.Module, config: SageConfig, compile_options: dict[str, Any] | None = None
+) -> nn.Module:
+    """The module the saliency pass calls: the plain module inside ``model``'s wrappers (never DDP's
+    forward, whose reducer must not see the pass), compiled when ``config.saliency_compile`` is "follow"
+    and the model is compiled: with the compiler settings of ``model``'s own OptimizedModule (its
+    ``dynamo_ctx``: backend, mode), else with ``torch.compile(plain, **compile_options)`` when given (the
+    timm plugin and ``timm-sage train`` pass ``--torchcompile``'s backend and mode: they compile the model
+    after the mixer sees it). The compiled view shares the plain module's parameters and buffers, and
+    dynamo's code cache: the view and the model's forward compile once per distinct guard set
+    (training forward, saliency forward with an input that requires grad)."""
+    plain = unwrap_model(model)
+    if config.saliency_compile == "eager":
+        return plain
+    compiled = compiled_wrapper(model)
+    if compiled is not None:
+        if compiled._orig_mod is plain:
+            return compiled
+        return type(compiled)(plain, compiled.dynamo_ctx)
+    if compile_options:
+        return torch.compile(plain, **compile_options)
+    return plain
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside known wrappers, matched by type: DistributedDataParallel and DataParallel
     (``.module``), ``torch.compile``'s OptimizedModule (``._orig_mod``) and timm's ``ModelEma``,
     ``ModelEmaV2`` and ``ModelEmaV3`` (``.module``). Any other model is returned as it is, even one
     that owns a submodule called ``module`` or ``ema``."""
-    wrappers = _known_wrappers()
-    compiled = getattr(getattr(torch, "_dynamo", None), "eval_frame", None)
-    optimized = getattr(compiled, "OptimizedModule", None)
+    wrappers, optimized = _known_wrappers(), _optimized_module_type()
     for _ in range(16):
         if optimized is not None and isinstance(model, optimized):
             model = model._orig_mod
@@ -167,7 +207,14 @@ class SageMixup(Mixup):
 
     Other options:
         model: the live model (or bind later with :meth:`bind`); saliency is recomputed from it at
-            every call. DDP, DataParallel, ``torch.compile`` and timm EMA wrappers are unwrapped.
+            every call. DDP, DataParallel, ``torch.compile`` and timm EMA wrappers are unwrapped
+            (:attr:`model` is the plain module). The saliency pass runs :attr:`saliency_model`: the
+            plain module, compiled with the model's own compiler settings when the model is compiled
+            and ``saliency_compile`` is "follow" (the default; "eager" runs it eagerly).
+        compile_options: ``torch.compile`` keywords (``backend``, ``mode``) for a model that is
+            compiled after it is bound (timm's ``train.py --torchcompile``, which the plugin passes on):
+            with ``saliency_compile="follow"`` the saliency pass then runs
+            ``torch.compile(plain, **compile_options)``. None: follow the bound model only.
         seed / generator: source of the SAGE-mode random draws (a CPU torch generator for the
             permutation and candidates, a numpy generator seeded from it for the Beta prior and CutMix
             boxes). A CUDA generator is a ValueError: the draws are made on the host.
@@ -216,11 +263,13 @@ class SageMixup(Mixup):
         saliency_mode: str = _K.saliency_mode,
         saliency_size: int | None = _K.saliency_size,
         clean_term: str = _K.clean_term,
+        saliency_compile: str = _K.saliency_compile,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         coin_seed: int | None = None,
         amp_dtype: torch.dtype | None = None,
         grad_scaler: Any = None,
+        compile_options: dict[str, Any] | None = None,
     ) -> None:
         _checks.check_choice("mode", mode, MODES)
         if cutmix_minmax is not None:
@@ -255,6 +304,7 @@ class SageMixup(Mixup):
             saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
             blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
             saliency_mode=saliency_mode, saliency_size=saliency_size, clean_term=clean_term,
+            saliency_compile=saliency_compile,
         )  # fmt: skip
         # The keywords the caller gave (not the signature's marked defaults, not None), and every keyword
         # as a plain value.
@@ -299,7 +349,14 @@ class SageMixup(Mixup):
             [coin_seed if coin_seed is not None else generator.initial_seed(), 0xC014]
         )
         _check_grad_scaler(grad_scaler)
+        if compile_options is not None and not isinstance(compile_options, dict):
+            raise TypeError(
+                f"compile_options must be a dict of torch.compile keywords or None, got "
+                f"{type(compile_options).__name__}"
+            )
+        self.compile_options = dict(compile_options) if compile_options else None
         self.model: nn.Module | None = None
+        self.saliency_model: nn.Module | None = None
         if model is not None:
             self.bind(model)
         self.last: SageMixRecord | None = None
@@ -327,6 +384,7 @@ class SageMixup(Mixup):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         _check_grad_scaler(grad_scaler)
         self.model = unwrap_model(model)
+        self.saliency_model = saliency_model(model, self.config, self.compile_options)
         return self
 
     @property
@@ -443,7 +501,7 @@ class SageMixup(Mixup):
             self._values_checked = True
         spare, self._spare_buffer = self._spare_buffer, None
         result = sage_step(
-            self.model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
+            self.saliency_model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
             label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
             amp_dtype=self.amp_dtype, clean_buffer=spare,
         )  # fmt: skip

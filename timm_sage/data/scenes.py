@@ -76,7 +76,7 @@ class SceneParams:
     clutter: str = "blobs"
     fragments: int = 3
     fragment_area: float = 0.06
-    train_size: int = 2000
+    train_size: int = 4000
     val_size: int = 2000
     test_size: int = 0
     seed: int = 0
@@ -93,7 +93,8 @@ class SceneParams:
         for name in ("min_area", "max_area", "min_crop", "max_crop", "fragment_area"):
             checks.check_fraction(f"scenes_{name}", getattr(self, name), open_low=True)
         if not isinstance(self.clutter, str) or self.clutter not in CLUTTER_KINDS:
-            raise ValueError(f"scenes_clutter must be one of {', '.join(CLUTTER_KINDS)}, got {self.clutter!r}")
+            kinds = ", ".join(CLUTTER_KINDS)
+            raise ValueError(f"scenes_clutter must be one of {kinds}, got {self.clutter!r}")
         if self.min_area > self.max_area:
             raise ValueError(f"scenes_min_area ({self.min_area}) exceeds scenes_max_area ({self.max_area})")
         if self.min_crop > self.max_crop:
@@ -189,7 +190,9 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, alpha: np.ndarray, colour: np.
     region[:] = alpha[..., None] * shade + (1 - alpha[..., None]) * region
 
 
-def _garment_fragment(canvas: np.ndarray, garments: np.ndarray, rng: np.random.Generator, params: SceneParams):
+def _garment_fragment(
+    canvas: np.ndarray, garments: np.ndarray, rng: np.random.Generator, params: SceneParams
+) -> None:
     """Version 1's clutter: a random quarter-to-half crop of another garment, in place."""
     size = params.canvas
     other = garments[int(rng.integers(len(garments)))].astype(np.float32) / 255
@@ -202,7 +205,7 @@ def _garment_fragment(canvas: np.ndarray, garments: np.ndarray, rng: np.random.G
     _paste(canvas, piece, piece, _colour(rng), y, x)
 
 
-def _blob(canvas: np.ndarray, rng: np.random.Generator, params: SceneParams):
+def _blob(canvas: np.ndarray, rng: np.random.Generator, params: SceneParams) -> None:
     """A soft ellipse (aspect 1:2 to 2:1, bounding box ``fragment_area`` of the canvas) in a random colour,
     40-80 % opaque, in place: clutter with no garment's outline, so it cannot be mistaken for the label."""
     size = params.canvas

@@ -27,12 +27,44 @@ def run_name(config: Path, seed: int) -> str:
     return f"{config.stem}-seed{seed}"
 
 
+# The small files of a study that its report needs (per run, and the plans): what --record keeps.
+RECORD_FILES = ("summary.json", "metrics.jsonl", "args.yaml", "plan.json", "epoch_seconds.json")
+
+
+def sync_record(output: Path, record: Path | None, direction: str) -> int:
+    """Copy the :data:`RECORD_FILES` under ``output`` to the same places under ``record``
+    (``direction="save"``), or those under ``record`` that ``output`` lacks back to it ("restore"), so a
+    study resumes on another machine from a committed record (finished runs skipped, the same plans).
+    Writes are atomic; returns the number of files copied."""
+    from timm_sage._atomic import atomic_write_bytes
+
+    if record is None:
+        return 0
+    source, target = (output, record) if direction == "save" else (record, output)
+    if not source.is_dir():
+        return 0
+    copied = 0
+    for path in sorted(source.rglob("*")):
+        if path.name not in RECORD_FILES or not path.is_file() or "_timing" in path.parts[:-2]:
+            continue
+        destination = target / path.relative_to(source)
+        data = path.read_bytes()
+        if direction == "restore" and destination.is_file():
+            continue
+        if direction == "save" and destination.is_file() and destination.read_bytes() == data:
+            continue
+        atomic_write_bytes(destination, data)
+        copied += 1
+    return copied
+
+
 def run_study(
     configs: list[Path],
     seeds: list[int],
     output: Path,
     extra: list[str],
     epochs: dict[str, int] | None = None,
+    record: Path | None = None,
 ) -> list[Path]:
     """Train every config with every seed, seed by seed (so a stopped study has every method for the
     first seeds), skipping finished runs and resuming interrupted ones; returns the run folders.
@@ -77,6 +109,7 @@ def run_study(
                 subprocess.run(command, check=True)
             finally:
                 _lock_path(folder).unlink(missing_ok=True)
+            sync_record(folder, record / name if record is not None else None, "save")
     return folders
 
 
@@ -588,6 +621,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--replan", action="store_true", help="with --equal-time: recompute plan.json")
     parser.add_argument(
+        "--record", type=Path, default=None, metavar="DIR",
+        help="keep each finished run's summary, metrics and args, and the plans, under DIR (small files, to "
+        "commit); a study started elsewhere restores them first, so it resumes where the record stops",
+    )  # fmt: skip
+    parser.add_argument(
         "--extend-to", default=None, metavar="METHOD",
         help="equal cost the other way: the --extend methods train their own schedules over the epochs "
         "that fit in METHOD's whole-schedule time (runs and plan.json under OUTPUT/extended)",
@@ -755,11 +793,15 @@ def run(args: argparse.Namespace) -> int:
     extra = override_flags(args.set)
     if args.extend is not None and args.extend_to is None:
         raise ValueError("--extend needs --extend-to")
+    restored = sync_record(args.output, args.record, "restore")
+    if restored:
+        print(f"[study] {restored} files restored from the record {args.record}", flush=True)
     # Timed first, before any training, so that the clock is read on the machine the study will have
     # and not beside a running study (kept in OUTPUT/_timing: a resumed study reuses it).
     epoch_seconds = _epoch_seconds(args, extra)
+    sync_record(args.output, args.record, "save")
     if not args.report_only:
-        run_study(args.configs, args.seeds, args.output, extra)
+        run_study(args.configs, args.seeds, args.output, extra, record=args.record)
     names = method_names([c.stem for c in args.configs])
     shortened: dict[str, list[dict]] = {}
     plan = None
@@ -767,7 +809,11 @@ def run(args: argparse.Namespace) -> int:
         plan = _budget_plan(args, folders, epoch_seconds)
         shortened_configs = [c for c in args.configs if c.stem in plan["epochs"]]
         if not args.report_only:
-            run_study(shortened_configs, args.seeds, args.output / "budget", extra, epochs=plan["epochs"])
+            sync_record(args.output, args.record, "save")
+            run_study(
+                shortened_configs, args.seeds, args.output / "budget", extra, epochs=plan["epochs"],
+                record=args.record / "budget" if args.record else None,
+            )  # fmt: skip
         budget_folders = [
             args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
         ]
@@ -778,9 +824,11 @@ def run(args: argparse.Namespace) -> int:
         extension = _extension_plan(args, folders, epoch_seconds)
         extended_configs = [c for c in args.configs if c.stem in extension["epochs"]]
         if not args.report_only:
+            sync_record(args.output, args.record, "save")
             run_study(
-                extended_configs, args.seeds, args.output / "extended", extra, epochs=extension["epochs"]
-            )
+                extended_configs, args.seeds, args.output / "extended", extra, epochs=extension["epochs"],
+                record=args.record / "extended" if args.record else None,
+            )  # fmt: skip
         extended = collect(
             [args.output / "extended" / run_name(c, s) for c in extended_configs for s in args.seeds],
             names=names, metric=args.select_on,
