@@ -133,3 +133,29 @@ def test_each_suite_reaches_the_json_as_it_finishes_and_a_failure_does_not_stop_
     assert {"search exact kernel=windows K=39", "search exact kernel=overlap K=39"} <= set(names)
     windows = next(r for r in payload["rows"] if r["name"] == "search exact kernel=windows K=39")
     assert windows["extra"]["traffic_model_gb"] == pytest.approx(4 * 39 * 32 * 32 * 28 / 1e9)
+
+
+def test_bench_compile_quick_times_compiled_and_eager_steps_against_compiled_vanilla(tmp_path):
+    import torch._dynamo
+
+    from timm_sage.tools import bench
+
+    torch._dynamo.reset()
+    out = tmp_path / "compile.json"
+    argv = [
+        "bench",
+        "compile",
+        "--quick",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--compile-backend",
+        "aot_eager",
+    ]
+    assert cli.main([*argv, "--json", str(out)]) == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == set(bench.COMPILE_STEP_VARIANTS)
+    assert rows["vanilla compiled"]["ratio"] == 1.0 and all(row["value"] > 0 for row in rows.values())
+    assert all(row["baseline"] == "vanilla compiled" and "aot_eager" in row["case"] for row in rows.values())
+    torch._dynamo.reset()

@@ -31,8 +31,10 @@ def test_gpu_check_dry_run_on_cpu_runs_every_stage(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     stages = (tmp_path / "stages.txt").read_text().splitlines()
     assert [line.split()[:2] for line in stages] == [
-        ["cuda_tests", "ok"], ["sync_step", "ok"], ["train_py", "ok"], ["bench", "ok"],
+        ["cuda_tests", "ok"], ["sync_step", "ok"], ["train_py", "ok"], ["bench", "ok"], ["compile", "ok"],
     ]  # fmt: skip
+    compiled = json.loads((tmp_path / "bench_compile_cpu.json").read_text())
+    assert compiled["meta"]["finished"] == ["compile"] and len(compiled["rows"]) == 6
     sync = json.loads((tmp_path / "sync_step.json").read_text())["results"]
     assert len(sync) == 4 and all(result["ok"] for result in sync.values())
     train = json.loads((tmp_path / "train_py.json").read_text())

@@ -277,3 +277,35 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     expected = (random.random(), np.random.standard_normal())
     _set_rng_state(outputs.load_checkpoint(tmp_path / "old.pth.tar")["rng"])
     assert (random.random(), np.random.standard_normal()) == expected
+
+
+def test_torchcompile_trains_compiled_with_a_compiled_saliency_pass_and_matches_eager(tmp_path):
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from timm_sage.train import session as _session
+
+    summaries, counter = {}, CompileCounterWithBackend("aot_eager")
+    real_compile = torch.compile
+
+    def compile_with_counter(model, backend=None, **kwargs):  # the config names aot_eager; count its graphs
+        assert backend == "aot_eager"
+        return real_compile(model, backend=counter, **kwargs)
+
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        config = {**_tiny_config(tmp_path), "epochs": 1, "model_ema": False, "experiment": f"c{compiled}"}
+        if compiled:
+            config["torchcompile"] = "aot_eager"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(_session.torch, "compile", compile_with_counter)
+            trainer = Trainer(load_config(None, config), progress=False)
+            if compiled:
+                assert trainer.forward_model is not trainer.model and trainer.mixer.model is trainer.model
+                assert trainer.mixer.saliency_model is trainer.forward_model
+            summaries[compiled] = trainer.fit()
+    # training forward, saliency forward (input requires grad), evaluation (no grad, eval mode): 3 graphs
+    # over the epoch's steps, each compiled once
+    assert 2 <= counter.frame_count <= 4
+    assert summaries[True]["final_top1"] == pytest.approx(summaries[False]["final_top1"], abs=1e-6)
+    torch._dynamo.reset()

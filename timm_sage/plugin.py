@@ -41,8 +41,13 @@ train.py behaves exactly as stock timm.
   ``--grad-accum-steps`` like the loss itself, wherever train.py zeroes its gradients. Scripts without
   a task (older train.py) are covered by
   ``create_optimizer_v2(model, ...)``, which records its model argument. Binding strips DDP,
-  ``torch.compile`` and EMA wrappers, so the saliency pass runs the plain module: eagerly, not through
-  the compiled graph, and outside DDP's forward, so DDP's reducer does not see it.
+  ``torch.compile`` and EMA wrappers, so the saliency pass runs the plain module, outside DDP's forward,
+  so DDP's reducer does not see it.
+* ``--torchcompile BACKEND`` (and ``--torchcompile-mode``): train.py compiles the model after the plugin
+  has recorded it, so the mixers get ``compile_options`` with that backend and mode, and the saliency
+  pass runs ``torch.compile(plain module)``: compiled like the training forward (one extra graph, for
+  the input that requires grad; no recompiles after the first step). ``sage_saliency_compile: eager``
+  keeps it eager.
 * ``--amp``: the saliency pass runs under ``torch.autocast`` with train.py's AMP dtype (train.py mixes
   before entering its own autocast).
 * ``--channels-last``: the saliency pass follows the model's memory format.
@@ -261,7 +266,8 @@ class DeviceMixLoader:
 
 
 def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
-    """SageMixup keywords from ``args.sage_*`` (None values skipped) plus ``amp_dtype`` from ``--amp``.
+    """SageMixup keywords from ``args.sage_*`` (None values skipped) plus ``amp_dtype`` from ``--amp`` and
+    ``compile_options`` from ``--torchcompile`` / ``--torchcompile-mode``.
 
     With ``sage_preset``, every SageConfig option is returned: the preset's values, overridden by the
     ``sage_*`` values given (not None), as :meth:`timm_sage.SageConfig.from_preset` resolves them.
@@ -301,6 +307,13 @@ def sage_options_from_args(args: argparse.Namespace | None) -> dict[str, Any]:
     if preset is not None:
         # The preset resolved here (sage_* values given win): the mixer gets every option as a keyword.
         options.update(config.as_dict())
+    backend = getattr(args, "torchcompile", None)
+    if backend:
+        # train.py compiles the model after the plugin has seen it: the saliency pass is compiled with
+        # the same backend and mode (sage_saliency_compile: eager keeps it eager).
+        options["compile_options"] = {"backend": backend}
+        if getattr(args, "torchcompile_mode", None):
+            options["compile_options"]["mode"] = args.torchcompile_mode
     if getattr(args, "amp", False) and getattr(args, "amp_impl", "native") != "apex":
         low_precision = getattr(args, "amp_dtype", "float16")
         options["amp_dtype"] = torch.bfloat16 if low_precision == "bfloat16" else torch.float16

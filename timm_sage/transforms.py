@@ -28,7 +28,7 @@ from timm_sage.core import mixing
 from timm_sage.core.mixing import SagePlan
 from timm_sage.core.saliency import compute_saliency
 from timm_sage.core.step import saliency_mode
-from timm_sage.mixup import unwrap_model
+from timm_sage.mixup import saliency_model, unwrap_model
 
 __all__ = ["SAGE"]
 
@@ -148,6 +148,7 @@ class SAGE(Transform):
         self._base_seed = generator.initial_seed()
         self._worker_key: tuple[int, int] | None = None
         object.__setattr__(self, "_model", None)  # kept out of nn.Module's registry: not a submodule
+        object.__setattr__(self, "_saliency_model", None)  # what the saliency pass calls (compiled or not)
         if model is not None:
             self.bind(model)
 
@@ -162,6 +163,8 @@ class SAGE(Transform):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         object.__setattr__(self, "_model", unwrap_model(model))
+        # A compiled model: the saliency pass runs compiled too (saliency_compile "follow").
+        object.__setattr__(self, "_saliency_model", saliency_model(model, self.config))
         return self
 
     # -- random draws --------------------------------------------------------------------------
@@ -310,7 +313,7 @@ class SAGE(Transform):
         floating = images if images.is_floating_point() else images.float()
         with saliency_mode(self._model, self.config):
             result, _ = compute_saliency(
-                self._model, floating, labels.to(images.device),
+                self._saliency_model, floating, labels.to(images.device),
                 loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
                 blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
                 scale=self.config.saliency_scale, size=self.config.saliency_size,

@@ -35,7 +35,7 @@ from timm_sage.tools.timing import (
     write_json_atomic,
 )
 
-SUITES = ("mix", "step", "scale", "memory")
+SUITES = ("mix", "step", "scale", "memory", "compile")
 
 
 @dataclass(frozen=True)
@@ -343,6 +343,80 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             if label in fixed:
                 spread.update(count_step_ops(fixed[label]))
             rows.append(BenchRow("step", label_case, label, ms, "vanilla", ms / medians["vanilla"], spread))
+    return rows
+
+
+# The compile suite: name -> (model compiled?, SageConfig options or None for vanilla). "exact" is the
+# paper's PreActResNet18 setting (update_ratio 0.7, the clean term through the saliency pass's backward);
+# "cheapest lever" the saliency pass at a fixed 16 px side with update_ratio 1 (docs/choosing.md). The
+# "saliency eager" row is the compiled model with its saliency pass kept eager (saliency_compile "eager",
+# the only path before it existed).
+COMPILE_STEP_VARIANTS: dict[str, tuple[bool, dict[str, float | int | str] | None]] = {
+    "vanilla eager": (False, None),
+    "sage exact update_ratio=0.7 eager": (False, {"update_ratio": 0.7}),
+    "vanilla compiled": (True, None),
+    "sage exact update_ratio=0.7 compiled": (True, {"update_ratio": 0.7}),
+    "sage exact update_ratio=0.7 compiled, saliency eager": (
+        True,
+        {"update_ratio": 0.7, "saliency_compile": "eager"},
+    ),  # fmt: skip
+    "sage saliency_size=16 update_ratio=1 compiled": (True, {"update_ratio": 1.0, "saliency_size": 16}),
+}
+FULL_COMPILE_CASES = (StepCase("preactresnet18", 32, 32),)
+QUICK_COMPILE_CASES = (StepCase("test_resnet", 8, 16),)
+CUDA_COMPILE_CASES = (StepCase("resnet50", 64, 224, 1000),)
+
+
+def suite_compile(
+    device: torch.device, repeats: int, warmup: int, quick: bool, backend: str = "inductor"
+) -> list[BenchRow]:
+    """Training steps with ``torch.compile(model, backend=backend)`` beside eager ones, in one process:
+    vanilla and SAGE (exact, and the cheapest lever), the SAGE saliency pass compiled with the model
+    (``saliency_compile="follow"``) or kept eager. Ratios against the compiled vanilla step. Compilation
+    happens in the warm-up (at least one warm-up run is forced); on CUDA with bf16 autocast and
+    channels_last."""
+    from timm_sage.config import SageConfig
+
+    # Every row compiles its own model copy: more graphs on one forward's code than dynamo's default
+    # cache limit (8) would allow before it falls back to eager.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    cases = (
+        QUICK_COMPILE_CASES if quick else CUDA_COMPILE_CASES if device.type == "cuda" else FULL_COMPILE_CASES
+    )
+    amp = device.type == "cuda"
+    rows: list[BenchRow] = []
+    for case in cases:
+        label_case = f"{case.model} B={case.batch} 3x{case.size}x{case.size} {backend}" + (
+            " bf16 cl" if amp else ""
+        )
+        base_model = _model(case.model, case.num_classes, device)
+        if amp:
+            base_model = base_model.to(memory_format=torch.channels_last)
+        x, y = _batch(case.batch, case.size, case.num_classes, device)
+        steps: dict[str, Callable[[], None]] = {}
+        for label, (compiled, options) in COMPILE_STEP_VARIANTS.items():
+            plain = copy.deepcopy(base_model)
+            model = torch.compile(plain, backend=backend) if compiled else plain
+            step = _train_step(model, torch.optim.SGD(plain.parameters(), lr=1e-3, momentum=0.9), amp)
+            mixer = None
+            if options is not None:
+                mixer = SageMixup(
+                    mixup_alpha=1.0, mode="sage", label_smoothing=0.0, num_classes=case.num_classes,
+                    model=model, config=SageConfig(**options), seed=0,
+                    amp_dtype=torch.bfloat16 if amp else None,
+                )  # fmt: skip
+            full_step = functools.partial(_mixed_step, step, mixer, x, y, case.num_classes)
+            if amp:
+                full_step = functools.partial(_autocast_call, full_step, device)
+            steps[label] = full_step
+        for full_step in tqdm(steps.values(), desc=f"compile {label_case}", leave=False):
+            full_step()  # compiles (the timed warm-up below then runs compiled code)
+        times = interleaved_times_ms(steps, device, repeats=repeats, warmup=max(1, warmup), desc=label_case)
+        medians = {label: statistics.median(values) for label, values in times.items()}
+        for label, ms in medians.items():
+            spread = {"min_ms": min(times[label]), "max_ms": max(times[label])}
+            ratio = ms / medians["vanilla compiled"]
+            rows.append(BenchRow("compile", label_case, label, ms, "vanilla compiled", ratio, spread))
     return rows
 
 
@@ -659,6 +733,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (torch.set_num_threads); default: torch's, usually one per core",
     )
     parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="compile suite: torch.compile's backend (default inductor; on the CPU it needs a C compiler)",
+    )
+    parser.add_argument(
         "--section",
         default=None,
         help="name of the --report section (default: bench-<suites>[-cuda][-<N>-threads with --threads])",
@@ -685,6 +764,8 @@ def report_command(args: argparse.Namespace) -> str:
     command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
     command += " --search-only" if getattr(args, "search_only", False) else ""
     command += f" --threads {args.threads}" if args.threads is not None else ""
+    backend = getattr(args, "compile_backend", "inductor")
+    command += f" --compile-backend {backend}" if "compile" in args.suites and backend != "inductor" else ""
     command += f" --plot-dir {args.plot_dir}" if args.plot_dir is not None and "scale" in args.suites else ""
     command += f" --report {args.report}" if args.report is not None else ""
     command += f" --section {args.section}" if args.section else ""
@@ -747,4 +828,6 @@ def _run_suite(suite: str, device: torch.device, args: argparse.Namespace) -> li
         return suite_scale(device, args.repeats, args.warmup, args.quick, plot)
     if suite == "mix":
         return suite_mix(device, args.repeats, args.warmup, args.quick, args.search_only)
+    if suite == "compile":
+        return suite_compile(device, args.repeats, args.warmup, args.quick, args.compile_backend)
     return globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)

@@ -123,6 +123,8 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "amp": ("bool", False),
     "amp_dtype": ("str", "float16"),
     "device": ("str", None),
+    "torchcompile": ("str", None),  # torch.compile's backend (train.py's --torchcompile; inductor usually)
+    "torchcompile_mode": ("str", None),
     "model_ema": ("bool", False),
     "model_ema_decay": ("float", 0.9998),
     "model_ema_warmup": ("bool", False),
@@ -158,7 +160,7 @@ NEUTRAL = frozenset(
 DEFAULT_ONLY: dict[str, Any] = {
     "aa": None, "reprob": 0.0, "remode": "pixel", "recount": 1, "resplit": False, "aug_repeats": 0,
     "aug_splits": 0, "jsd_loss": False, "bce_loss": False, "bce_target_thresh": None, "bce_sum": False,
-    "bce_pos_weight": None, "split_bn": False, "torchscript": False, "torchcompile": None,
+    "bce_pos_weight": None, "split_bn": False, "torchscript": False,
     "grad_accum_steps": 1, "no_resume_opt": False, "start_epoch": None, "epoch_repeats": 0.0,
     "head_init_scale": None, "head_init_bias": None, "vflip": 0.0, "scale": [0.08, 1.0],
     "ratio": [0.75, 1.3333333333333333], "color_jitter": 0.4, "color_jitter_prob": None,

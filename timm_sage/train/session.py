@@ -161,6 +161,14 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.param_count = sum(p.numel() for p in self.model.parameters())
+        # torchcompile (train.py's --torchcompile): the training and evaluation forwards run compiled, and
+        # SAGE's saliency pass follows (saliency_compile "follow"); checkpoints hold the plain weights.
+        self.forward_model: nn.Module = self.model
+        if cfg.torchcompile:
+            options = {"backend": cfg.torchcompile}
+            if cfg.torchcompile_mode:
+                options["mode"] = cfg.torchcompile_mode
+            self.forward_model = torch.compile(self.model, **options)
         if cfg.lr is None:  # train.py's rule: lr = lr_base * global batch / lr_base_size
             ratio = cfg.batch_size / cfg.lr_base_size
             adaptive = any(name in cfg.opt.lower() for name in ("ada", "lamb"))
@@ -203,7 +211,7 @@ class Trainer:
                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes,
                 config=SageConfig(**{name: cfg[f"sage_{name}"] for name in SageConfig.names()}),
                 seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
-                model=self.model, amp_dtype=amp_dtype if cfg.amp else None,
+                model=self.forward_model, amp_dtype=amp_dtype if cfg.amp else None,
             )  # fmt: skip
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif cfg.smoothing > 0:
@@ -319,9 +327,11 @@ class Trainer:
             # evaluations read it and the test set is read once, after the last epoch.
             last = epoch + 1 == self.num_epochs
             evaluated = (epoch + 1) % self.cfg.eval_interval == 0 or last
-            val = self._evaluate(self.model, self.val_loader) if evaluated and self.val_loader else None
+            val = (
+                self._evaluate(self.forward_model, self.val_loader) if evaluated and self.val_loader else None
+            )
             tested = last if self.val_loader is not None else evaluated
-            test = self._evaluate(self.model, self.test_loader) if tested else None
+            test = self._evaluate(self.forward_model, self.test_loader) if tested else None
             ema_test = (
                 self._evaluate(self.ema.module, self.test_loader) if tested and self.ema is not None else None
             )
@@ -393,7 +403,7 @@ class Trainer:
         optimizer step (and EMA, scheduler updates); returns :func:`train_step`'s result."""
         self.optimizer.zero_grad(set_to_none=True)
         result = train_step(
-            self.model, x, y, criterion=self.criterion, mixer=self.mixer, autocast=self.autocast,
+            self.forward_model, x, y, criterion=self.criterion, mixer=self.mixer, autocast=self.autocast,
             scaler=self.scaler, channels_last=self.cfg.channels_last,
         )  # fmt: skip
         self._optimizer_step()
@@ -468,7 +478,7 @@ class Trainer:
                 self.train_data, self.test_loader.batch_size, self.cfg.mean, self.cfg.std, train=False,
                 device=self.device,
             )  # fmt: skip
-            train_eval = self._evaluate(self.model, loader)
+            train_eval = self._evaluate(self.forward_model, loader)
         validated = [r for r in rows if r.get("val_top1") is not None]
         best_val = max(validated, key=lambda r: r["val_top1"]) if validated else None
         summary = {
