@@ -866,8 +866,11 @@ def run(args: argparse.Namespace) -> int:
     if extension is not None:
         target = names[extension["target"]]
         if target in results:
+            # Only the methods with lengthened runs: their full-schedule runs are not "given the time".
             given = {target: results[target]} | {
-                names[stem]: results[names[stem]] for stem in extension["epochs"] if names[stem] in results
+                names[stem]: results[names[stem]]
+                for stem in extension["epochs"]
+                if names[stem] in results and names[stem] in extended
             }
             target_seconds = extension["seconds"][extension["target"]]
             costs = {names[stem]: sec / target_seconds for stem, sec in extension["seconds"].items()}
