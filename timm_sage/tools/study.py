@@ -747,6 +747,22 @@ def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
     return args.report, args.section
 
 
+def _planned_runs(
+    args: argparse.Namespace, extra: list[str], folder: str, epochs: dict[str, int], names: dict[str, str]
+) -> dict[str, list[dict]]:
+    """Train (unless --report-only) the configs of a plan, ``epochs`` {stem: epochs}, under
+    ``OUTPUT/folder`` (and ``RECORD/folder``); their finished runs by method."""
+    configs = [c for c in args.configs if c.stem in epochs]
+    if not args.report_only:
+        sync_record(args.output, args.record, "save")
+        run_study(
+            configs, args.seeds, args.output / folder, extra, epochs=epochs,
+            record=args.record / folder if args.record else None,
+        )  # fmt: skip
+    folders = [args.output / folder / run_name(c, s) for c in configs for s in args.seeds]
+    return collect(folders, names=names, metric=args.select_on)
+
+
 def _stem_of(args: argparse.Namespace, method: str, option: str) -> str:
     names = method_names([c.stem for c in args.configs])
     stem = next((stem for stem, name in names.items() if name == method), None)
@@ -807,32 +823,12 @@ def run(args: argparse.Namespace) -> int:
     plan = None
     if args.equal_time:
         plan = _budget_plan(args, folders, epoch_seconds)
-        shortened_configs = [c for c in args.configs if c.stem in plan["epochs"]]
-        if not args.report_only:
-            sync_record(args.output, args.record, "save")
-            run_study(
-                shortened_configs, args.seeds, args.output / "budget", extra, epochs=plan["epochs"],
-                record=args.record / "budget" if args.record else None,
-            )  # fmt: skip
-        budget_folders = [
-            args.output / "budget" / run_name(c, s) for c in shortened_configs for s in args.seeds
-        ]
-        shortened = collect(budget_folders, names=names, metric=args.select_on)
+        shortened = _planned_runs(args, extra, "budget", plan["epochs"], names)
     extension = None
     extended: dict[str, list[dict]] = {}
     if args.extend_to is not None:
         extension = _extension_plan(args, folders, epoch_seconds)
-        extended_configs = [c for c in args.configs if c.stem in extension["epochs"]]
-        if not args.report_only:
-            sync_record(args.output, args.record, "save")
-            run_study(
-                extended_configs, args.seeds, args.output / "extended", extra, epochs=extension["epochs"],
-                record=args.record / "extended" if args.record else None,
-            )  # fmt: skip
-        extended = collect(
-            [args.output / "extended" / run_name(c, s) for c in extended_configs for s in args.seeds],
-            names=names, metric=args.select_on,
-        )  # fmt: skip
+        extended = _planned_runs(args, extra, "extended", extension["epochs"], names)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
