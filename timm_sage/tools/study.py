@@ -47,6 +47,8 @@ def sync_record(output: Path, record: Path | None, direction: str) -> int:
     for path in sorted(source.rglob("*")):
         if path.name not in RECORD_FILES or not path.is_file() or "_timing" in path.parts[:-2]:
             continue
+        if path.name in ("metrics.jsonl", "args.yaml") and not (path.parent / "summary.json").is_file():
+            continue  # a run still training: recorded once it has finished
         destination = target / path.relative_to(source)
         data = path.read_bytes()
         if direction == "restore" and destination.is_file():
