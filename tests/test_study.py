@@ -172,14 +172,14 @@ def test_time_epochs_takes_the_configs_in_turn_step_by_step(tmp_path, monkeypatc
         study.time_epochs(configs, 2, tmp_path / "out", [])
 
 
-def _fake_val_run(root, stem, seed, val, test, epochs=4, epoch_time=1.0):
+def _fake_val_run(root, stem, seed, val, test, epochs=4, epoch_time=1.0, train=None):
     folder = root / f"{stem}-seed{seed}"
     folder.mkdir(parents=True)
     rows = [{"epoch": i + 1, "val_top1": val - epochs + i + 1, "test_top1": None, "epoch_time": epoch_time}
             for i in range(epochs)]  # fmt: skip
     rows[-1]["test_top1"] = test
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = {"final_top1": test, "best_top1": test, "final_val_top1": val, "final_train_top1": None}
+    summary = {"final_top1": test, "best_top1": test, "final_val_top1": val, "final_train_top1": train}
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
@@ -223,7 +223,7 @@ def test_equal_time_trains_shortened_schedules_once_and_reports_them(tmp_path, m
         epochs = int(command[command.index("--epochs") + 1])
         folder = Path(command[command.index("--output") + 1])
         _fake_val_run(folder, command[command.index("--experiment") + 1].rsplit("-seed", 1)[0], 0,
-                      val=73.0, test=72.5, epochs=epochs, epoch_time=2.0)  # fmt: skip
+                      val=73.0, test=72.5, epochs=epochs, epoch_time=2.0, train=88.25)  # fmt: skip
 
     monkeypatch.setattr(study.subprocess, "run", fake_run)
     parser = __import__("argparse").ArgumentParser()
@@ -237,8 +237,11 @@ def test_equal_time_trains_shortened_schedules_once_and_reports_them(tmp_path, m
     plan = json.loads((out / "budget" / "plan.json").read_text())
     assert plan["epochs"] == {"s_sage": 2} and plan["seconds"] == {"s_vanilla": 1.0, "s_sage": 2.0}
     report = (tmp_path / "r.md").read_text()
-    sage_row = next(line for line in report.splitlines() if line.startswith("| sage | 2.00x | 2 |"))
-    assert "| 73.00 | 72.50 |" in sage_row
+    # cost, epochs trained, runs, val, test, std (n/a with one seed), final train top-1 of the shortened run
+    sage_row = next(line for line in report.splitlines() if line.startswith("| sage | 2.00x | 2 | 1 |"))
+    assert "| 73.00 | 72.50 | 0.00 | 88.25 |" in sage_row
+    vanilla_row = next(line for line in report.splitlines() if line.startswith("| vanilla | 1.00x | 4 | 1 |"))
+    assert vanilla_row.split(" | ")[7] == "n/a"  # its run did not measure the train top-1
     assert study.run(args) == 0 and len(calls) == 1  # finished runs are not trained again
 
 

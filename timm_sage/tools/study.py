@@ -459,24 +459,27 @@ def trained_budget_table(
     """Equal wall-clock with every schedule trained to completion: a method that costs more per epoch
     than ``reference`` trains its own cosine schedule over the epochs that fit in the reference's
     whole-schedule time (``shortened``); the others keep their full runs. Final weights' validation and
-    test top-1 (mean, sample std, per seed)."""
+    test top-1 (mean, sample std, per seed), the number of runs, and the final train top-1 on the
+    un-augmented training images (n/a unless every run measured it)."""
     with_val = _has_validation(full)
     lines = [
         "| method | cost per epoch vs "
         + reference
-        + " | epochs trained | "
+        + " | epochs trained | runs | "
         + ("val top-1 mean | " if with_val else "")
-        + "test top-1 mean | std | seeds (test top-1) |",
-        "|---|---:|---:|" + ("---:|" if with_val else "") + "---:|---:|---|",
+        + "test top-1 mean | std | final train top-1 | seeds (test top-1) |",
+        "|---|---:|---:|---:|" + ("---:|" if with_val else "") + "---:|---:|---:|---|",
     ]
     for method, runs in trained_results(full, shortened).items():
         test, spread = _mean_std([r["final_top1"] for r in runs])
         epochs = statistics.mean(r["epochs"] for r in runs)
         val_cell = f"{statistics.mean(r['final_val_top1'] for r in runs):.2f} | " if with_val else ""
+        trains = [r["final_train_top1"] for r in runs if r["final_train_top1"] is not None]
+        train_cell = f"{statistics.mean(trains):.2f}" if len(trains) == len(runs) else "n/a"
         seeds = _seeds_cell(runs, "final_top1")
         lines.append(
-            f"| {method} | {costs.get(method, 1.0):.2f}x | {epochs:.0f} | {val_cell}{test:.2f} "
-            f"| {spread:.2f} | {seeds} |"
+            f"| {method} | {costs.get(method, 1.0):.2f}x | {epochs:.0f} | {len(runs)} | {val_cell}{test:.2f} "
+            f"| {spread:.2f} | {train_cell} | {seeds} |"
         )
     return "\n".join(lines)
 
