@@ -370,6 +370,22 @@ def test_extend_to_trains_longer_baselines_once_and_reports_them_paired(tmp_path
     assert report == 0 and len(calls) == 2
 
 
+def test_cost_figure_draws_every_schedule_of_a_method_at_its_training_seconds(tmp_path):
+    seeds = (0, 1)
+    folders = [_fake_val_run(tmp_path / "a", "s_vanilla", s, val=60.0 + s, test=50.0 + s) for s in seeds]
+    folders += [_fake_val_run(tmp_path / "a", "s_sage", s, val=64.0, test=55.0 + 2 * s, epoch_time=2.0)
+                for s in seeds]  # fmt: skip
+    longer = [_fake_val_run(tmp_path / "b", "s_vanilla", s, val=62.0, test=53.0 + s, epochs=8) for s in seeds]
+    results = study.collect(folders, metric="val")
+    extended = study.collect(longer, metric="val")
+    figure = tmp_path / "cost.png"
+    schedules = {m: [runs, extended.get(m, [])] for m, runs in results.items()}
+    drawn = study.plot_cost_accuracy(schedules, figure, "t")
+    # (seconds, epochs, val mean, test mean), in order of cost: vanilla 4 x 1 s then 8 x 1 s; sage 4 x 2 s
+    assert drawn == {"vanilla": [(4.0, 4, 60.5, 50.5), (8.0, 8, 62.0, 53.5)], "sage": [(8.0, 4, 64.0, 56.0)]}
+    assert figure.stat().st_size > 10_000 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_run_claimed_by_a_live_process_is_skipped_and_a_stale_claim_taken_over(tmp_path, monkeypatch):
     config = tmp_path / "s_vanilla.yaml"
     config.write_text("epochs: 1\n")

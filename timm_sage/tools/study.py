@@ -528,6 +528,56 @@ def plot_curves(
     plt.close(figure)
 
 
+def plot_cost_accuracy(
+    schedules: dict[str, list[list[dict]]], path: Path, title: str = "Fashion-MNIST"
+) -> dict[str, list[tuple[float, ...]]]:
+    """Accuracy against cost: for each method, one point per schedule it trained (``schedules[method]``:
+    lists of runs, e.g. the equal-epoch runs, the shortened and the lengthened ones), at the mean training
+    seconds of a run, with the mean final validation top-1 (left, where the runs have it) and test top-1
+    (right) and a bar of one sample std over seeds; a method's points are joined in order of cost and
+    labelled with their epochs. A user with a budget reads the methods on one vertical line.
+
+    Returns what was drawn: {method: [(seconds, epochs, mean of each panel's top-1...)]} in order of cost."""
+    from timm_sage.tools.plots import _pyplot, save_figure_atomic
+
+    plt = _pyplot()
+    keys = [("final_val_top1", "validation top-1 (%)"), ("final_top1", "test top-1 (%)")]
+    if not all(
+        r.get("final_val_top1") is not None for sets in schedules.values() for runs in sets for r in runs
+    ):
+        keys = keys[1:]
+    figure, panels = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.8), squeeze=False)
+    markers = "osD^v<>pP*X"
+    drawn: dict[str, list[tuple[float, ...]]] = {}
+    for index, (method, sets) in enumerate(schedules.items()):
+        sets = sorted(
+            (runs for runs in sets if runs), key=lambda runs: statistics.mean(r["train_s"] for r in runs)
+        )
+        seconds = [statistics.mean(r["train_s"] for r in runs) for runs in sets]
+        epochs = [round(statistics.mean(r["epochs"] for r in runs)) for runs in sets]
+        means = [[statistics.mean(r[key] for r in runs) for key, _ in keys] for runs in sets]
+        drawn[method] = [(x, e, *m) for x, e, m in zip(seconds, epochs, means, strict=True)]
+        for axes, (key, _) in zip(panels[0], keys, strict=True):
+            stats = [_mean_std([r[key] for r in runs]) for runs in sets]
+            axes.errorbar(
+                seconds, [m for m, _ in stats], yerr=[sd for _, sd in stats], label=method,
+                marker=markers[index % len(markers)], color=f"C{index % 10}", capsize=3, markersize=5,
+                linestyle="-" if index < 10 else "--",
+            )  # fmt: skip
+            for x, (mean, _), count in zip(seconds, stats, epochs, strict=True):
+                axes.annotate(f"{count}", (x, mean), fontsize=6,
+                              xytext=(4, 3), textcoords="offset points", color=f"C{index % 10}")  # fmt: skip
+    for axes, (_, label) in zip(panels[0], keys, strict=True):
+        axes.set(xlabel="training seconds per run (measured seconds per epoch x epochs)", ylabel=label,
+                 title=f"{title}\nfinal accuracy against training cost (numbers: epochs)")  # fmt: skip
+        axes.grid(alpha=0.3)
+    panels[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+    return drawn
+
+
 def _endless_batches(loader):
     """The loader's training batches, epoch after epoch."""
     for epoch in itertools.count():
@@ -594,6 +644,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--figure", type=Path, default=None, help="PNG of test accuracy per epoch and per training second"
     )
+    parser.add_argument(
+        "--cost-figure", type=Path, default=None, metavar="PNG",
+        help="PNG of each method's final validation and test top-1 against its training seconds, one point "
+        "per schedule it trained (equal epochs, --equal-time, --extend-to)",
+    )  # fmt: skip
     parser.add_argument(
         "--section", default=SECTION, help="name of the generated section in --report (default: study)"
     )
@@ -753,10 +808,16 @@ def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
 
 
 def _planned_runs(
-    args: argparse.Namespace, extra: list[str], folder: str, epochs: dict[str, int], names: dict[str, str]
+    args: argparse.Namespace,
+    extra: list[str],
+    folder: str,
+    epochs: dict[str, int],
+    names: dict[str, str],
+    epoch_seconds: dict[str, float] | None = None,
 ) -> dict[str, list[dict]]:
     """Train (unless --report-only) the configs of a plan, ``epochs`` {stem: epochs}, under
-    ``OUTPUT/folder`` (and ``RECORD/folder``); their finished runs by method."""
+    ``OUTPUT/folder`` (and ``RECORD/folder``); their finished runs by method, their training seconds on
+    the clock of ``epoch_seconds`` where given (as the equal-epoch runs')."""
     configs = [c for c in args.configs if c.stem in epochs]
     if not args.report_only:
         sync_record(args.output, args.record, "save")
@@ -765,7 +826,7 @@ def _planned_runs(
             record=args.record / folder if args.record else None,
         )  # fmt: skip
     folders = [args.output / folder / run_name(c, s) for c in configs for s in args.seeds]
-    return collect(folders, names=names, metric=args.select_on)
+    return collect(folders, epoch_seconds, names=names, metric=args.select_on)
 
 
 def _stem_of(args: argparse.Namespace, method: str, option: str) -> str:
@@ -828,12 +889,12 @@ def run(args: argparse.Namespace) -> int:
     plan = None
     if args.equal_time:
         plan = _budget_plan(args, folders, epoch_seconds)
-        shortened = _planned_runs(args, extra, "budget", plan["epochs"], names)
+        shortened = _planned_runs(args, extra, "budget", plan["epochs"], names, epoch_seconds)
     extension = None
     extended: dict[str, list[dict]] = {}
     if args.extend_to is not None:
         extension = _extension_plan(args, folders, epoch_seconds)
-        extended = _planned_runs(args, extra, "extended", extension["epochs"], names)
+        extended = _planned_runs(args, extra, "extended", extension["epochs"], names, epoch_seconds)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
@@ -886,6 +947,16 @@ def run(args: argparse.Namespace) -> int:
         plot_curves(results, args.figure, args.title, metric=args.select_on)
         figure_link = os.path.relpath(args.figure, args.report.parent) if args.report else str(args.figure)
         body += f"\n\n![{args.select_on} top-1 per epoch and per training second]({figure_link})"
+    if args.cost_figure is not None:
+        schedules = {
+            method: [runs, shortened.get(method, []), extended.get(method, [])]
+            for method, runs in results.items()
+        }
+        plot_cost_accuracy(schedules, args.cost_figure, args.title)
+        cost_link = (
+            os.path.relpath(args.cost_figure, args.report.parent) if args.report else str(args.cost_figure)
+        )
+        body += f"\n\n![final top-1 against training seconds, every schedule]({cost_link})"
     if args.report is not None:
         write_between_markers(args.report, body, args.section)
         print(f"wrote {args.report}")
