@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import warnings
 
 import pytest
 import timm
@@ -16,10 +17,20 @@ import yaml
 from test_data import make_image_folder
 
 from timm_sage import SageConfig, SageMixup, launcher, plugin
-from timm_sage.config import SAGE_DEFAULTS, SAGE_PRESET_DESCRIPTIONS, SAGE_PRESETS
+from timm_sage.config import (
+    PRESET_HELP,
+    SAGE_DEFAULTS,
+    SAGE_PRESET_DESCRIPTIONS,
+    SAGE_PRESETS,
+    SAGE_RETIRED_PRESETS,
+)
 from timm_sage.train import command
 from timm_sage.train.config import load_config
 from timm_sage.train.session import Trainer
+
+# clutter is retired (it warns, see test_a_retired_preset_warns_why_and_keeps_its_values); the tests of
+# the preset mechanism below use it all the same, so its warning is expected there.
+pytestmark = pytest.mark.filterwarnings("ignore:SAGE preset 'clutter' is retired:FutureWarning")
 
 CLUTTER = {"upper_lambda": 0.6, "update_ratio": 0.7, "rand_pos": 0.01, "saliency_loss": "cross_entropy"}
 
@@ -57,6 +68,26 @@ def test_from_preset_values_and_overrides_win():
     )
     with pytest.raises(ValueError, match="update_ratio"):
         SageConfig.from_preset("clutter", update_ratio=1.5)
+
+
+def test_a_retired_preset_warns_why_and_keeps_its_values():
+    assert set(SAGE_RETIRED_PRESETS) <= set(SAGE_PRESETS) and "clutter" in SAGE_RETIRED_PRESETS
+    # Every entry point resolves a preset through SageConfig.from_preset, so each warns once per use,
+    # and the values stay what they were before the preset was retired.
+    with pytest.warns(FutureWarning, match=r"SAGE preset 'clutter' is retired in 0\.2\.0.*upper_lambda 0\.6"):
+        assert SageConfig.from_preset("clutter") == _expected()
+    with pytest.warns(FutureWarning, match="retired"):
+        assert SageMixup(mode="sage", num_classes=10, preset="clutter").config == _expected()
+    with pytest.warns(FutureWarning, match="retired"):
+        cfg = load_config(None, {"sage_preset": "clutter"})
+    assert (cfg.sage_update_ratio, cfg.sage_saliency_loss) == (0.7, "cross_entropy")
+    # A preset that is not retired does not warn; no setting gives a preset without asking for it.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SageConfig()
+        SageMixup(mode="sage", num_classes=10, update_ratio=0.7, saliency_loss="cross_entropy")
+    # The help every entry point shows says so.
+    assert "clutter (retired): upper_lambda 0.6" in PRESET_HELP
 
 
 def test_unknown_preset_is_an_error_listing_the_known_ones():

@@ -215,6 +215,7 @@ def test_end_to_end_outputs_and_exact_resume_after_a_kill(tmp_path):
 def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
     from pathlib import Path
 
+    from timm_sage.config import SAGE_RETIRED_PRESETS
     from timm_sage.train.config import SUPPORTED
 
     folder = Path(__file__).resolve().parents[1] / "train_configs"
@@ -225,6 +226,7 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
         cfg = load_config(path)
         raw = yaml.safe_load(path.read_text())
         assert set(raw) <= set(SUPPORTED), path.name
+        assert raw.get("sage_preset") not in SAGE_RETIRED_PRESETS, path.name  # a shipped config never warns
         if path.name.startswith("cifar"):
             assert "train_subset" not in raw and cfg.epochs == 300 and cfg.batch_size == 100, path.name
             assert cfg.lr == 0.2 and cfg.decay_milestones == [100, 200] and cfg.smoothing == 0.0
