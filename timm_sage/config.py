@@ -273,7 +273,9 @@ class SageConfig:
         """
         checks.check_choice("preset", name, tuple(SAGE_PRESETS))
         if name in SAGE_RETIRED_PRESETS:
-            warnings.warn(f"SAGE preset {name!r} is {SAGE_RETIRED_PRESETS[name]}", FutureWarning, stacklevel=2)
+            warnings.warn(
+                f"SAGE preset {name!r} is {SAGE_RETIRED_PRESETS[name]}", FutureWarning, stacklevel=2
+            )
         return cls(**{**SAGE_PRESETS[name], **overrides})
 
     @classmethod
