@@ -24,7 +24,7 @@ from timm_sage.config import SAGE_DEFAULTS, SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
-from timm_sage.core.step import SageDraws, sage_step
+from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
 
 __all__ = ["SageMixup", "SageParams", "SageMixRecord", "compiled_wrapper", "saliency_model", "unwrap_model"]
@@ -445,7 +445,7 @@ class SageMixup(Mixup):
         if self._clean_terms:
             self._watch_clean_terms()
         if self.mode != "sage":
-            return super().__call__(x, target)
+            return self._with_clean_term(x, target, lambda: Mixup.__call__(self, x, target))
         _checks.check_tensor("x", x)
         _checks.check_floating("x", x)
         if x.ndim != 4:
@@ -469,7 +469,7 @@ class SageMixup(Mixup):
             self.last = SageMixRecord("none", ones, identity)
             return x, self._target(target, identity, ones, checked)
         if use_cutmix:
-            return self._cutmix(x, target, rng, checked)
+            return self._with_clean_term(x, target, lambda: self._cutmix(x, target, rng, checked))
         draws = self.draw_sage_params(batch, x.shape[-2], x.shape[-1], rng)
         if saliency is not None:
             out = functional.sage_mix(
@@ -519,6 +519,45 @@ class SageMixup(Mixup):
             result.mixed,
         )
         return result.images, result.target
+
+    def _with_clean_term(self, x: torch.Tensor, target: torch.Tensor, mix: Any):
+        """A mix other than SAGE's (timm's modes; CutMix batches of the sage mode's switch) with the clean
+        term of ``update_ratio`` r < 1, as SAGE trains it: ``clean_term="separate_pass"`` runs SAGE's clean
+        pass (:func:`~timm_sage.core.step.clean_term_step`, the same forward and backward, the same cost)
+        before ``mix()`` and returns its gradients in :attr:`loss_weight` (value r); ``"in_batch"`` leaves
+        ``round((1 - r) * B)`` images of the batch unmixed, with their own (smoothed) labels, drawn from
+        this mixer's generator. With r = 1, or mixing switched off, it is ``mix()``."""
+        config = self.config
+        if config.update_ratio >= 1 or not self.mixup_enabled:
+            return mix()
+        batch = x.shape[0]
+        if config.clean_term == "in_batch":
+            share = round((1.0 - config.update_ratio) * batch)
+            clean = torch.randperm(batch, generator=self.generator)[:share]
+            if clean.numel() == 0:
+                return mix()
+            clean = clean.to(x.device)
+            kept, own = x[clean].clone(), target[clean]  # timm's modes mix x in place
+            images, soft = mix()
+            images[clean] = kept
+            ones = torch.ones(clean.shape[0], device=x.device)
+            soft[clean] = self._target(own, torch.arange(clean.shape[0], device=x.device), ones, False)
+            return images, soft
+        if self.model is None:
+            raise ValueError(
+                f"update_ratio={config.update_ratio} < 1 with clean_term='separate_pass' trains on a clean "
+                "pass of the live model: pass model=... or call .bind(model), or use clean_term='in_batch'"
+            )
+        spare, self._spare_buffer = self._spare_buffer, None
+        weight, _ = clean_term_step(
+            self.saliency_model, x, self._shaped_target(target, batch), config, amp_dtype=self.amp_dtype,
+            clean_buffer=spare,
+        )  # fmt: skip
+        images, soft = mix()
+        self.loss_weight = weight
+        if isinstance(weight, LossWeight):
+            self._clean_terms.append((weakref.ref(weight), weight.clean, self._calls))
+        return images, soft
 
     def _watch_clean_terms(self) -> None:
         """At each call: release the clean gradients a backward consumed (their buffer is reused by this

@@ -74,7 +74,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from timm_sage.config import PRESET_HELP, SAGE_PRESETS, SEED_HELP, SageConfig, option_help, option_infos
+from timm_sage.config import (
+    PRESET_HELP,
+    SAGE_DEFAULTS,
+    SAGE_PRESETS,
+    SEED_HELP,
+    SageConfig,
+    option_help,
+    option_infos,
+)
 from timm_sage.mixup import SageMixup
 
 __all__ = [
@@ -178,7 +186,9 @@ class PluginSageMixup(SageMixup):
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor | None = None):
         state = self.plugin_state
-        if self.mode == "sage" and saliency is None and state is not None and self.model is None:
+        # The live model serves SAGE's saliency and, in any mode, the clean term (update_ratio < 1).
+        needs_model = self.mode == "sage" or self.config.update_ratio < 1
+        if needs_model and saliency is None and state is not None and self.model is None:
             if state.model is None:
                 raise RuntimeError(
                     "timm_sage.plugin: no model to compute saliency from; the training script built no "
@@ -187,7 +197,7 @@ class PluginSageMixup(SageMixup):
                     "plugin.current_state().set_model(model, replace=True)"
                 )
             self.bind(state.model)
-        if state is not None and self.mode == "sage" and self.config.update_ratio < 1 and not state.task_seen:
+        if state is not None and self.config.update_ratio < 1 and not state.task_seen:
             raise RuntimeError(
                 "timm_sage.plugin: sage_update_ratio < 1 weights train.py's mixed loss by r inside timm's "
                 "training task (ClassificationTask), and this script computes its loss without one (an "
@@ -326,8 +336,14 @@ def _mixing_active(args: argparse.Namespace) -> bool:
     return mixup > 0 or cutmix > 0 or getattr(args, "cutmix_minmax", None) is not None
 
 
-def _is_sage(mixup_args: dict[str, Any]) -> bool:
-    return mixup_args.get("mode") == "sage"
+def _wants_clean_term(options: dict[str, Any]) -> bool:
+    """``sage_update_ratio < 1``: the clean term, which a mode other than sage also takes from us."""
+    return options.get("update_ratio", SAGE_DEFAULTS.update_ratio) < 1
+
+
+def _is_ours(mixup_args: dict[str, Any], options: dict[str, Any]) -> bool:
+    """Whether our mixer builds this mixing: mode sage, or timm's modes with the clean term."""
+    return mixup_args.get("mode") == "sage" or _wants_clean_term(options)
 
 
 def _model_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -401,26 +417,28 @@ def install(namespace: dict[str, Any], args: argparse.Namespace | None = None) -
             existing.args = args
             existing.options = sage_options_from_args(args)
         return existing
-    if args is not None and getattr(args, "mixup_mode", None) != "sage":
+    options = sage_options_from_args(args)
+    if args is not None and getattr(args, "mixup_mode", None) != "sage" and not _wants_clean_term(options):
         return None
-    if args is not None and not _mixing_active(args):
+    if args is not None and getattr(args, "mixup_mode", None) == "sage" and not _mixing_active(args):
         warnings.warn(
             "--mixup-mode sage has no effect without --mixup ALPHA > 0 (train.py mixes only when --mixup, "
             "--cutmix or --cutmix-minmax is set): use --mixup 1.0 --mixup-mode sage",
             UserWarning,
             stacklevel=2,
         )
-    state = PluginState(namespace=namespace, args=args, options=sage_options_from_args(args))
+    state = PluginState(namespace=namespace, args=args, options=options)
 
     def make_mixup(original: Callable[..., Any]) -> Callable[..., Any]:
         def Mixup(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
-            return state.new_mixer(kwargs) if not args and _is_sage(kwargs) else original(*args, **kwargs)
+            ours = not args and _is_ours(kwargs, state.options)
+            return state.new_mixer(kwargs) if ours else original(*args, **kwargs)
 
         return Mixup
 
     def make_collate(original: Callable[..., Any]) -> Callable[..., Any]:
         def FastCollateMixup(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for the class
-            if args or not _is_sage(kwargs):
+            if args or not _is_ours(kwargs, state.options):
                 return original(*args, **kwargs)
             return DeferredSageCollate(state.new_mixer(kwargs))
 

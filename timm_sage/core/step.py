@@ -173,3 +173,47 @@ def sage_step(
     return SageStepResult(
         images, soft, lam, perm, plan.translation, clean.saliency, clean.loss, clean.finite, loss_weight
     )
+
+
+def clean_term_step(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: torch.Tensor,
+    config: SageConfig,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    clean_buffer: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean term of ``(1 - r) * l_clean + r * l_mixed`` for a mix that is not SAGE's (Mixup, CutMix,
+    timm's switch), by the pass SAGE's step runs: the same forward and backward on the clean batch (the
+    same loss, ``config.saliency_loss``, in the same mode), at the same cost, its parameter gradients
+    weighted by ``1 - r``; the saliency it also yields is not used. No host read of a device value.
+
+    Args:
+        model: the live model (unwrapped). x: (B, C, H, W) floating, normalised, unmixed images.
+        target: (B,) labels or (B, num_classes) soft ones. config: the options (``update_ratio < 1``).
+        amp_dtype, clean_buffer: as for :func:`sage_step`.
+    Returns:
+        ``loss_weight``: 0-dim float32, r (1 when the pass was not finite, its gradients then zero), a
+        :class:`~timm_sage.core.clean.LossWeight` carrying the clean gradients when there are any; and
+        ``clean_loss``: 0-dim float32.
+    """
+    inputs = x
+    if isinstance(model, nn.Module) and uses_channels_last(model):
+        inputs = x.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with saliency_mode(model, config), autocast:
+        clean, clean_grads = compute_saliency(
+            model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
+            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+            param_grad_weight=1.0 - config.update_ratio, scale=1.0, size=None, clean_buffer=clean_buffer,
+        )  # fmt: skip
+    loss_weight = torch.where(clean.finite, config.update_ratio, 1.0).float()
+    if clean_grads is not None:
+        loss_weight = LossWeight(loss_weight, clean_grads)
+    return loss_weight, clean.loss
+

@@ -50,6 +50,7 @@ class PreActNetwork(CifarClassifier):
         num_classes: int,
         drop_rate: float,
         block_dropout: float = 0.0,
+        zero_init_residual: bool = False,
     ) -> None:
         self.stem = nn.Conv2d(in_chans, stem_planes, 3, 1, 1, bias=False)
         stages: list[nn.Module] = []
@@ -65,6 +66,12 @@ class PreActNetwork(CifarClassifier):
         self.norm = nn.BatchNorm2d(in_planes)
         self._init_head(in_planes, num_classes, drop_rate)
         init_weights(self)
+        if zero_init_residual:
+            # Each residual branch starts at zero, so the network starts as its stem, the shortcuts and the
+            # head (Goyal et al. 2017 zero the last BN of a branch; a pre-activation branch ends in a conv).
+            for module in self.modules():
+                if isinstance(module, PreActBlock):
+                    nn.init.zeros_(module.conv2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, in_chans, H, W) -> (B, num_features, H', W') after the final BN-ReLU."""
@@ -81,6 +88,8 @@ class PreActResNet(PreActNetwork):
         width: multiplier of the stage widths (64, 128, 256, 512).
         base_width: stage-1 width before ``width`` (64 in the paper).
         drop_rate: dropout before the classifier.
+        zero_init_residual: start every residual branch at zero (its last convolution's weights), so the
+            network starts close to a shallow one; off by default (the paper's init).
 
     Input (B, in_chans, H, W) float, any H, W >= 8; output (B, num_classes) logits.
     """
@@ -93,9 +102,15 @@ class PreActResNet(PreActNetwork):
         width: float = 1.0,
         base_width: int = 64,
         drop_rate: float = 0.0,
+        zero_init_residual: bool = False,
         **_: object,
     ) -> None:
         super().__init__()
         check_arch(num_classes, in_chans, width, drop_rate)
+        if not isinstance(zero_init_residual, bool):
+            raise TypeError(f"zero_init_residual must be a bool, got {zero_init_residual!r}")
         planes = [scaled(base_width * 2**i, width) for i in range(len(layers))]
-        self._build(in_chans, planes[0], planes, list(layers), num_classes, drop_rate)
+        self._build(
+            in_chans, planes[0], planes, list(layers), num_classes, drop_rate,
+            zero_init_residual=zero_init_residual,
+        )  # fmt: skip

@@ -49,24 +49,32 @@ SUBSET_SEED = 20221101  # fixed: every method and seed of a study sees the same 
 @dataclass
 class ImageTensors:
     """A decoded split: ``images`` (N, C, H, W) uint8, ``labels`` (N,) int64, class names, and where the
-    dataset knows them the objects' ``masks`` (N, H, W) uint8 (alpha, 0-255)."""
+    dataset knows them the objects' ``masks`` (N, H, W) uint8 (alpha, 0-255) and the background photograph
+    of each image, ``photos`` (N,) int64 indices into ``photo_names``."""
 
     images: torch.Tensor
     labels: torch.Tensor
     classes: list[str]
     masks: torch.Tensor | None = None
+    photos: torch.Tensor | None = None
+    photo_names: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def select(self, indices: torch.Tensor) -> ImageTensors:
         masks = self.masks[indices] if self.masks is not None else None
-        return ImageTensors(self.images[indices], self.labels[indices], self.classes, masks)
+        photos = self.photos[indices] if self.photos is not None else None
+        return ImageTensors(
+            self.images[indices], self.labels[indices], self.classes, masks, photos, self.photo_names
+        )
 
 
 class DataSplits(NamedTuple):
     """What :func:`load_datasets` returns: ``train``, ``val`` (None without ``val_size``), ``test`` and
-    ``info`` = {"name", "mean", "std", "input_size": [C, H, W]}."""
+    ``info`` = {"name", "mean", "std", "input_size": [C, H, W], "extra_tests": {name: ImageTensors}}; the
+    extra tests are second test sets reported beside the test set (``test_disjoint`` of the pooled scenes),
+    an empty dict for other datasets."""
 
     train: ImageTensors
     val: ImageTensors | None
@@ -199,16 +207,19 @@ def _match_channels(images: torch.Tensor, channels: int, name: str) -> torch.Ten
     raise ValueError(f"in_chans: {name} has {have} channels, cannot feed a {channels}-channel model")
 
 
-def _load_scenes(cfg) -> tuple[ImageTensors, ImageTensors, ImageTensors]:
+def _load_scenes(cfg) -> dict[str, ImageTensors]:
     from timm_sage.data import scenes
 
     params = scenes.SceneParams(**{name: cfg[f"scenes_{name}"] for name in scenes.SceneParams.names()})
     splits = scenes.load_scenes(params, cfg.data_dir)
     classes = list(FASHION_MNIST_CLASSES)
-    return tuple(
-        ImageTensors(splits[name].images, splits[name].labels, classes, splits[name].masks)
-        for name in ("train", "val", "test")
-    )  # type: ignore[return-value]
+    return {
+        name: ImageTensors(
+            split.images, split.labels, classes, split.masks, split.photos,
+            scenes.photograph_names(params, name),
+        )
+        for name, split in splits.items()
+    }
 
 
 def load_datasets(cfg) -> DataSplits:
@@ -225,17 +236,19 @@ def load_datasets(cfg) -> DataSplits:
     channels = requested[0] if requested else cfg.in_chans
     size = tuple(requested[1:]) if requested else (cfg.img_size, cfg.img_size) if cfg.img_size else None
     val = None
+    extra: dict[str, ImageTensors] = {}
     if name in ("fashion_mnist", "mnist"):
         train, test = _load_idx(name, cfg.data_dir)
     elif name == "fashion_mnist_scenes":
-        train, val, test = _load_scenes(cfg)
+        extra = _load_scenes(cfg)
+        train, val, test = extra.pop("train"), extra.pop("val"), extra.pop("test")
     elif name in ("cifar10", "cifar100"):
         train, test = _load_cifar(name, cfg.data_dir)
     else:
         train, test = _load_timm(cfg, channels or 3, size)
     channels = channels or train.images.shape[1]
     size = size or tuple(train.images.shape[-2:])
-    for split in (train, val, test):
+    for split in (train, val, test, *extra.values()):
         if split is not None:
             split.images = _resize(
                 _match_channels(split.images, channels, cfg.dataset or "the dataset"), size
@@ -278,7 +291,10 @@ def load_datasets(cfg) -> DataSplits:
     mean, std = _per_channel("mean", mean, channels), _per_channel("std", std, channels)
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {std}")
-    info = {"name": name or "folder", "mean": mean, "std": std, "input_size": [channels, *size]}
+    info = {
+        "name": name or "folder", "mean": mean, "std": std, "input_size": [channels, *size],
+        "extra_tests": extra,
+    }  # fmt: skip
     return DataSplits(train, val, test, info)
 
 

@@ -87,6 +87,31 @@ def hard_labels(target: torch.Tensor) -> torch.Tensor:
     return target.argmax(1) if target.ndim == 2 else target
 
 
+def predict(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-1 predictions and labels over ``batches`` in eval mode: two (N,) int64 CPU tensors, in order."""
+    was_training = model.training
+    model.eval()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    predicted, labels = [], []
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                with autocast():
+                    predicted.append(model(x.contiguous(memory_format=layout)).argmax(1).cpu())
+                labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    if not labels:
+        raise ValueError("predict: the test set is empty")
+    return torch.cat(predicted), torch.cat(labels)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from timm_sage.train import outputs
 from timm_sage.train.config import TrainConfig
 from timm_sage.train.data import BatchLoader, load_datasets
-from timm_sage.train.loop import evaluate, hard_labels, train_step
+from timm_sage.train.loop import evaluate, hard_labels, predict, train_step
 from timm_sage.train.resume import checkpoint_path
 
 __all__ = ["STOP_ENV", "StopForTest", "Trainer", "TrainingInterrupted"]
@@ -131,6 +131,7 @@ class Trainer:
         self.device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         seed_everything(cfg.seed)
         self.train_data, self.val_data, self.test_data, info = load_datasets(cfg)
+        self.extra_tests = info["extra_tests"]
         cfg.input_size, cfg.mean, cfg.std = info["input_size"], info["mean"], info["std"]
         if cfg.data_dir is None and info["name"] == "fashion_mnist":
             from timm_sage.train.data import FASHION_MNIST_DIR
@@ -466,6 +467,26 @@ class Trainer:
         outputs.save_checkpoint(self.output_dir / "last.pth.tar", self._state(epochs_done))
         self._epochs_saved = epochs_done
 
+    def _loader(self, data) -> BatchLoader:
+        """An evaluation loader (in order, no augmentation) over ``data``."""
+        return BatchLoader(
+            data, self.test_loader.batch_size, self.cfg.mean, self.cfg.std, train=False, device=self.device
+        )
+
+    def _per_photo_top1(self, data) -> dict[str, float]:
+        """The final weights' top-1 (%) on ``data``'s images of each background photograph (its name ->
+        accuracy), after the last epoch: how much of the test score one photograph moves."""
+        predicted, labels = predict(
+            self.forward_model, self._loader(data).batches(), autocast=self.autocast,
+            channels_last=self.cfg.channels_last,
+        )  # fmt: skip
+        hits = (predicted == labels).float()
+        names = data.photo_names or []
+        return {
+            names[int(index)]: round(100.0 * float(hits[data.photos == index].mean()), 2)
+            for index in data.photos.unique()
+        }
+
     def _finish(self) -> dict[str, Any]:
         rows = self.rows
         tested = [r for r in rows if r["test_top1"] is not None]
@@ -481,6 +502,12 @@ class Trainer:
             train_eval = self._evaluate(self.forward_model, loader)
         validated = [r for r in rows if r.get("val_top1") is not None]
         best_val = max(validated, key=lambda r: r["val_top1"]) if validated else None
+        photos = self.test_data.photos is not None
+        by_photo = self._per_photo_top1(self.test_data) if rows and photos else None
+        extra_tests = {
+            f"{name}_top1": round(self._evaluate(self.forward_model, self._loader(data))["test_top1"], 4)
+            for name, data in (self.extra_tests.items() if rows else ())
+        }
         summary = {
             "final_top1": rows[-1]["test_top1"] if rows else None,
             "final_val_top1": rows[-1].get("val_top1") if rows else None,
@@ -491,6 +518,8 @@ class Trainer:
             "best_epoch": best["epoch"] if best else None,
             "final_ema_top1": rows[-1]["ema_test_top1"] if rows else None,
             "final_train_top1": round(train_eval["test_top1"], 4) if train_eval else None,
+            **extra_tests,
+            "test_top1_by_photo": by_photo,
             "train_time_s": round(sum(r["epoch_time"] for r in rows), 2),
             "epochs": len(rows),
             "wall_time_s": round(self.elapsed_before + (time.perf_counter() - self._started), 2),
