@@ -44,7 +44,9 @@ MODES = [
     pytest.param({"mode": "batch", "mixup_alpha": 1.0}, id="mixup"),
     pytest.param({"mode": "batch", "mixup_alpha": 0.0, "cutmix_alpha": 1.0}, id="cutmix"),
     pytest.param({"mode": "batch", "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "switch_prob": 0.5}, id="switch"),
-    pytest.param({"mode": "sage", "mixup_alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 1.0}, id="sage-cutmix"),
+    pytest.param(
+        {"mode": "sage", "mixup_alpha": 1.0, "cutmix_alpha": 1.0, "switch_prob": 1.0}, id="sage-cutmix"
+    ),
 ]
 
 

@@ -433,3 +433,27 @@ def test_a_study_resumes_elsewhere_from_its_record(tmp_path, monkeypatch):
     assert len(trained) == 3 and "s_vanilla-seed2" in trained[-1]
     assert (tmp_path / "there" / "s_vanilla-seed0" / "summary.json").is_file()
     assert (record / "s_vanilla-seed2" / "summary.json").is_file()
+
+
+def test_stalled_runs_are_flagged_from_their_training_loss():
+    import math
+
+    from timm_sage.tools import study
+
+    chance = math.log(10)
+    stalled = [{"epoch": e, "train_loss": chance * 0.99} for e in (1, 2, 3, 4)] + [
+        {"epoch": 5, "train_loss": 1.5}
+    ]
+    learning = [
+        {"epoch": 1, "train_loss": chance}, {"epoch": 2, "train_loss": 1.9}, {"epoch": 3, "train_loss": 1.6}
+    ]  # fmt: skip
+    assert study.takeoff_epoch(stalled, 10) == 5 and study.is_stalled(stalled, 10)
+    assert study.takeoff_epoch(learning, 10) == 2 and not study.is_stalled(learning, 10)
+    # exactly at the threshold is still chance; just below it is a takeoff
+    edge = [{"epoch": e, "train_loss": 0.98 * chance} for e in (1, 2, 3)]
+    assert study.is_stalled(edge, 10)
+    assert not study.is_stalled([{"epoch": 1, "train_loss": 2.5}], 10)  # too short to judge
+    assert study.is_diverged([{"epoch": 1, "train_loss": float("nan")}])
+    runs = {"m": [{"seed": 0, "stalled": True, "diverged": False, "takeoff": 5},
+                  {"seed": 1, "stalled": False, "diverged": False, "takeoff": 2}]}  # fmt: skip
+    assert "| m | 2 | 1 (seeds 0) | 0 | 0: 5, 1: 2 |" in study.stall_table(runs)

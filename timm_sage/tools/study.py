@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import shutil
 import statistics
@@ -210,6 +211,13 @@ def collect(
             if row.get(key) is not None
         ]
         seed = _stem_and_seed(folder)[1]
+        classes = int(summary.get("num_classes") or 10)
+        if is_stalled(rows, classes):
+            print(
+                f"[study] STALLED: {folder.name} is still at chance after epoch {STALL_EPOCH} (train loss "
+                f">= {STALL_SHARE:.0%} of ln {classes})",
+                flush=True,
+            )
         results.setdefault(names[stem], []).append(
             {
                 "seed": seed,
@@ -221,9 +229,61 @@ def collect(
                 "epochs": len(rows),
                 "points": points,
                 "wall_s": summary.get("wall_time_s"),
+                "test_disjoint_top1": summary.get("test_disjoint_top1"),
+                "stalled": is_stalled(rows, classes),
+                "diverged": is_diverged(rows),
+                "takeoff": takeoff_epoch(rows, classes),
             }
         )
     return results
+
+
+# A run whose training loss after epoch 3 is still within 2 % of ln C (uniform predictions over C classes)
+# has not started to learn: a stall, flagged in every study's report.
+STALL_EPOCH = 3
+STALL_SHARE = 0.98
+
+
+def takeoff_epoch(rows: list[dict], classes: int) -> int | None:
+    """The first epoch whose training loss is below ``STALL_SHARE * ln(classes)`` (None: never)."""
+    threshold = STALL_SHARE * math.log(classes)
+    for row in rows:
+        loss = row.get("train_loss")
+        if loss is not None and math.isfinite(loss) and loss < threshold:
+            return int(row["epoch"])
+    return None
+
+
+def is_stalled(rows: list[dict], classes: int) -> bool:
+    """Still at chance after epoch :data:`STALL_EPOCH`: no takeoff by then (and the run got that far)."""
+    if not any(int(row["epoch"]) >= STALL_EPOCH for row in rows):
+        return False
+    takeoff = takeoff_epoch(rows, classes)
+    return takeoff is None or takeoff > STALL_EPOCH
+
+
+def is_diverged(rows: list[dict]) -> bool:
+    """A non-finite training loss in any epoch."""
+    return any(row.get("train_loss") is not None and not math.isfinite(row["train_loss"]) for row in rows)
+
+
+def stall_table(results: dict[str, list[dict]]) -> str:
+    """Per method: runs still at chance after epoch 3 (:func:`is_stalled`), diverged runs, and each seed's
+    takeoff epoch (the first below 98 % of ln C)."""
+    lines = [
+        f"| method | runs | stalled after epoch {STALL_EPOCH} | diverged | takeoff epoch per seed |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for method, runs in results.items():
+        stalled = [r["seed"] for r in runs if r["stalled"]]
+        diverged = sum(r["diverged"] for r in runs)
+        takeoffs = ", ".join(
+            f"{r['seed']}: {r['takeoff'] if r['takeoff'] is not None else 'never'}"
+            for r in sorted(runs, key=lambda r: r["seed"])
+        )
+        stalled_cell = f"{len(stalled)}" + (f" (seeds {', '.join(map(str, stalled))})" if stalled else "")
+        lines.append(f"| {method} | {len(runs)} | {stalled_cell} | {diverged} | {takeoffs} |")
+    return "\n".join(lines)
 
 
 def _has_validation(results: dict[str, list[dict]]) -> bool:
@@ -274,21 +334,28 @@ def table(results: dict[str, list[dict]]) -> str:
 def _val_table(results: dict[str, list[dict]]) -> str:
     """Runs with a validation split: the validation top-1 (where choices are made) beside the test top-1
     of the final weights (read once per run, after the last epoch)."""
+    # The pooled scenes also test on photographs no split has seen: a robustness score, its own columns.
+    disjoint = all(r.get("test_disjoint_top1") is not None for runs in results.values() for r in runs)
+    extra_head, extra_rule = (" disjoint-photo test mean | std |", "---:|---:|") if disjoint else ("", "")
     lines = [
-        "| method | runs | val top-1 mean | val std | test top-1 mean | test std | final train top-1 "
-        "| train s/run | seeds (val / test top-1) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| method | runs | val top-1 mean | val std | test top-1 mean | test std |" + extra_head
+        + " final train top-1 | train s/run | seeds (val / test top-1) |",
+        "|---|---:|---:|---:|---:|---:|" + extra_rule + "---:|---:|---|",
     ]
     for method, runs in results.items():
         val, val_spread = _mean_std([r["final_val_top1"] for r in runs])
         test, test_spread = _mean_std([r["final_top1"] for r in runs])
+        extra = ""
+        if disjoint:
+            other, other_spread = _mean_std([r["test_disjoint_top1"] for r in runs])
+            extra = f" {other:.2f} | {other_spread:.2f} |"
         trains = [r["final_train_top1"] for r in runs if r["final_train_top1"] is not None]
         train_cell = f"{statistics.mean(trains):.2f}" if len(trains) == len(runs) else "n/a"
         seconds = statistics.mean(r["train_s"] for r in runs)
         seeds = _seeds_cell(runs, "final_val_top1", "final_top1")
         lines.append(
-            f"| {method} | {len(runs)} | {val:.2f} | {val_spread:.2f} | {test:.2f} | {test_spread:.2f} "
-            f"| {train_cell} | {seconds:.0f} | {seeds} |"
+            f"| {method} | {len(runs)} | {val:.2f} | {val_spread:.2f} | {test:.2f} | {test_spread:.2f} |"
+            f"{extra} {train_cell} | {seconds:.0f} | {seeds} |"
         )
     return "\n".join(lines)
 
@@ -899,6 +966,7 @@ def run(args: argparse.Namespace) -> int:
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
     body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
+    body += "\n\n**Stalls** (runs still at chance after epoch 3; diverged runs)\n\n" + stall_table(results)
     chosen = selection(results) if args.select_on == "val" else ""
     if chosen:
         body += "\n\n" + chosen

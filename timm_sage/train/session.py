@@ -525,6 +525,7 @@ class Trainer:
             "wall_time_s": round(self.elapsed_before + (time.perf_counter() - self._started), 2),
             "model": self.cfg.model,
             "param_count": self.param_count,
+            "num_classes": self.cfg.num_classes,
             "dataset": self.cfg.dataset,
             "train_images": len(self.train_data),
             "test_images": len(self.test_data),
