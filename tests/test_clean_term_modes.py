@@ -123,3 +123,24 @@ def test_mixing_switched_off_runs_no_clean_pass():
     mixer.mixup_enabled = False
     mixer(x, y)
     assert calls == [] and mixer.loss_weight == 1.0
+
+
+def test_timm_sage_train_takes_the_clean_term_with_timms_modes(tmp_path):
+    from timm_sage.data.idx import FASHION_MNIST_ROOT
+
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("no Fashion-MNIST")
+    from timm_sage.train.config import load_config
+    from timm_sage.train.session import Trainer
+
+    cfg = load_config(None, {
+        "dataset": "fashion_mnist", "train_subset": 64, "epochs": 1, "batch_size": 16,
+        "model": "preactresnet18_tiny", "num_classes": 10, "mixup": 1.0, "cutmix": 1.0,
+        "mixup_mode": "batch", "sage_update_ratio": 0.7, "output": str(tmp_path), "experiment": "clean",
+    })  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    summary = trainer.fit()
+    assert trainer.mixer.mode == "batch" and summary["epochs"] == 1
+    # the last step's weight carried the clean gradient (r = 0.7), and its backward consumed it
+    assert isinstance(trainer.mixer.loss_weight, LossWeight) and trainer.mixer.loss_weight.clean.consumed
+    assert float(trainer.mixer.loss_weight) == pytest.approx(0.7)

@@ -170,6 +170,27 @@ def test_launcher_yaml_sage_keys_no_prefetcher_update_ratio(spy, tmp_path):
     assert "sage_update_ratio: 0.5" in module.RUN["args_text"]
 
 
+@pytest.mark.parametrize("prefetcher", [True, False])
+def test_launcher_timm_mixup_with_the_clean_term(spy, prefetcher):
+    # --mixup-mode batch (timm's Mixup) with sage_update_ratio < 1: the plugin builds our mixer, which
+    # runs SAGE's clean pass and carries (1 - r) d l_clean / d params into train.py's backward
+    argv = ["--mixup", "1.0", "--mixup-mode", "batch", "--sage-update-ratio", "0.5", "--num-samples", "16"]
+    module = run_launcher(*argv, *([] if prefetcher else ["--no-prefetcher"]))
+    state = vars(module)[STATE_KEY]
+    (mixer,) = state.mixers
+    assert mixer.mode == "batch" and mixer.model is unwrap_model(module.RUN["model"])
+    assert spy["mix"] and len(spy["saliency"]) == len(spy["mix"])
+    for call in spy["saliency"]:
+        assert call["kwargs"]["param_grad_weight"] == pytest.approx(0.5)
+    for mix in spy["mix"]:
+        assert float(mix["loss_weight"]) == pytest.approx(0.5)
+        assert mix["loss_weight"].clean.consumed  # every clean term reached train.py's backward
+        # the images are timm's batch mixup: one lam for the batch, the partner the flipped batch
+        x, flipped, out = mix["x"].float(), mix["x"].float().flip(0), mix["out_x"].float()
+        lam = float(((out - flipped) * (x - flipped)).sum() / ((x - flipped) ** 2).sum())
+        assert 0 <= lam <= 1 and torch.allclose(out, lam * x + (1 - lam) * flipped, atol=1e-4)
+
+
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_launcher_old_style_script_amp_channels_last_compile(spy, amp_dtype):
     module = run_launcher(

@@ -73,8 +73,8 @@ POOLED_SPLITS = ("train", "val", "test", "test_disjoint")
 
 # Version 3's wallpapers: name -> (Debian package, path under /usr/share, first 16 hex digits of the file's
 # SHA-256 in Debian 12's package). Licences (each package's copyright file): plasma-workspace-wallpapers
-# GPL-2+ (KDE Visual Design Group and the artists), mate-backgrounds GPL-2+ (per file, each author),
-# ukui-wallpapers GPL-2+; docs/studies/scenes3/PHOTOGRAPHS.md lists them. Eight near-blank or transparent
+# GPL-2+; mate-backgrounds GPL-2+ per file (Ubuntu-Mate-*-no-logo CC-BY-SA-4.0); ukui-wallpapers
+# CC-BY-SA-3.0; docs/studies/scenes3/PHOTOGRAPHS.md lists them. Eight near-blank or transparent
 # wallpapers of these packages are left out (flat fills would make a garment trivial to find).
 _PLASMA, _MATE, _UKUI = "plasma-workspace-wallpapers", "mate-backgrounds", "ukui-wallpapers"
 WALLPAPERS: dict[str, tuple[str, str, str]] = {
