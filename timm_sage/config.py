@@ -134,7 +134,7 @@ class SageConfig:
         reference="--rand_pos 0.5", recipes="0.01", paper="share of the translations searched",
     )  # fmt: skip
     update_ratio: float = _option(
-        1.0, "r of the loss (1 - r) * l_clean + r * l_mixed; 1: the clean pass serves saliency only",
+        1.0, "r of the loss (1 - r) * l_clean + r * l_mixed, with any mixing mode; 1: no clean term",
         origin="reference", reference="--update_ratio 1.0", paper="weight r of the mixed loss",
         recipes="0.7 PreActResNet18, 0.5 WRN16-8 and ResNeXt29-4-24",
     )  # fmt: skip
