@@ -107,6 +107,8 @@ def run_study(
                 command += ["--epochs", str(epochs[config.stem])]
             if (folder / "last.pth.tar").is_file():
                 command += ["--resume", str(folder / "last.pth.tar")]
+            elif folder.is_dir():  # a start that died before its first checkpoint: free the name again
+                shutil.rmtree(folder)
             print(f"[study] {name}: {' '.join(command[3:])}", flush=True)
             try:
                 subprocess.run(command, check=True)

@@ -200,7 +200,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         f"{tuple(cfg.input_size)}: {len(trainer.train_data)} train / {len(trainer.test_data)} test images, "
         f"{trainer.num_epochs} epochs of {len(trainer.train_loader)} batches, mixing "
         f"{cfg.mixup_mode if trainer.mixer is not None else 'off'}, device {trainer.device}"
-        + (f", resuming at epoch {trainer.start_epoch + 1}" if cfg.resume else ""),
+        + (f", resuming at epoch {trainer.start_epoch + 1}" if cfg.resume else "")
+        + f"; writing to {trainer.output_dir}/",
         flush=True,
     )
     summary = trainer.fit()
