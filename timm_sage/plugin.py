@@ -74,6 +74,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import timm_sage.models  # noqa: F401  (registers the CIFAR networks: --model wrn16_8 in timm's train.py)
 from timm_sage.config import (
     PRESET_HELP,
     SAGE_DEFAULTS,
