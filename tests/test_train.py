@@ -217,7 +217,6 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
 
     from timm_sage.config import SAGE_RETIRED_PRESETS
     from timm_sage.train.config import SUPPORTED
-
     from timm_sage.train.configs import study_configs
 
     folder = Path(__file__).resolve().parents[1] / "train_configs"

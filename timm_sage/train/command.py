@@ -10,10 +10,12 @@ own folder (:mod:`timm_sage.train.resume`); Ctrl-C leaves a checkpoint and print
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
 import textwrap
+from collections.abc import Sequence
 
 from timm_sage.config import PRESET_HELP, SAGE_PRESETS, SEED_HELP, option_help, option_infos
 from timm_sage.train.config import (
@@ -166,6 +168,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def similar_model_names(name: str, known: Sequence[str], limit: int = 5) -> list[str]:
+    """Up to ``limit`` names of ``known`` closest to ``name``, compared without case, ``_`` and ``-`` (so
+    ``resnet_18`` finds ``resnet18``), closest first (difflib's ratio)."""
+
+    def key(text: str) -> str:
+        return text.split(".")[0].lower().replace("_", "").replace("-", "")
+
+    by_key: dict[str, list[str]] = {}
+    for candidate in known:
+        by_key.setdefault(key(candidate), []).append(candidate)
+    close = difflib.get_close_matches(key(name), list(by_key), n=limit, cutoff=0.6) if name else []
+    return [candidate for match in close for candidate in by_key[match]][:limit]
+
+
 def check_model_and_device(cfg: TrainConfig) -> None:
     """ValueError naming ``model`` or ``device`` before anything is built (no traceback from timm/torch)."""
     import timm
@@ -175,7 +191,7 @@ def check_model_and_device(cfg: TrainConfig) -> None:
 
     name = cfg.model
     if ":" not in name and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5] if name else []
+        close = similar_model_names(name, timm.list_models())
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise ValueError(f"model: {name!r} is not a timm model name (timm.list_models() lists them){hint}")
     if cfg.device is None:
