@@ -4,7 +4,7 @@
 #   DATA_DIR=FOLDER       make run: a folder holding Fashion-MNIST's four *-idx?-ubyte.gz files, for a
 #                         machine where the Debian package cannot be installed (no root, no apt)
 #   TORCH_INDEX=URL       pip's index for torch and torchvision, e.g. https://download.pytorch.org/whl/cpu
-#                         for the CPU-only wheels (PyPI's Linux wheels bring CUDA: about 4 GB with its libraries)
+#                         for the CPU-only wheels (PyPI's Linux wheels bring CUDA: a 6 GB .venv)
 #   ARGS="..."            extra arguments: to timm-sage train (make run), to pytest (make test)
 ifeq ($(origin PY),undefined)
 PY := $(shell for p in python3.11 python3.12 python3.13 python3.10 python3; do \
