@@ -406,8 +406,9 @@ def banner(state: PluginState) -> str:
     for extra in ("amp_dtype", "compile_options"):
         if extra in state.options:
             shown.append(f"{extra}={state.options[extra]}")
+    mode = getattr(state.args, "mixup_mode", None) or "sage"
     return (
-        f"timm_sage.plugin: --mixup-mode sage installed ({', '.join(sorted(state.originals))}); "
+        f"timm_sage.plugin: installed for --mixup-mode {mode} ({', '.join(sorted(state.originals))}); "
         + "SAGE options: "
         + " ".join(shown)
         + "; the logged Loss is the mixed-batch loss before the update_ratio weight"
