@@ -69,7 +69,7 @@ def test_import_is_light_and_public_names_load_on_use():
 
 def test_every_supported_key_has_a_description_and_no_stale_ones():
     keys = {key for key in SUPPORTED if not key.startswith("sage_")}
-    assert keys - set(KEY_HELP) == set()
+    assert keys - set(KEY_HELP) == set(), "add a line for each to timm_sage/train/key_help.py"
     assert set(KEY_HELP) - keys == set()
     assert all(len(text) > 10 for text in KEY_HELP.values())
 

@@ -122,6 +122,9 @@ KEY_HELP: dict[str, str] = {
     "scenes_train_size": "fashion_mnist_scenes: training images (class-balanced)",
     "scenes_val_size": "fashion_mnist_scenes: validation images, disjoint from the training ones",
     "scenes_test_size": "fashion_mnist_scenes: test images (0: all 10,000)",
+    "scenes_photos": "fashion_mnist_scenes: where the backgrounds come from: skimage (scikit-image's "
+    "sample photographs, disjoint per split) or pooled (Debian wallpapers and scikit-image photographs; "
+    "validation and test from halves of the same held-out ones)",
     "scenes_seed": "fashion_mnist_scenes: seed of every draw of the generator",
 }
 
