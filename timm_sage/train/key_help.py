@@ -133,13 +133,13 @@ def key_help(key: str, default: Any = None, *, neutral: bool = False, default_on
     """The description of config ``key`` for ``--help``: its ``KEY_HELP`` line with ``default``; the
     ``neutral`` keys (ignored here) and the ``default_only`` ones (not implemented) share one line each.
 
-    Raises:
-        KeyError: a supported key without a description (tests/test_cli.py keeps the table complete).
+    A key missing from ``KEY_HELP`` gets a bare line naming it, so that a key added elsewhere never
+    breaks the command; ``tests/test_cli.py`` keeps the table complete.
     """
     if neutral:
         return "train.py keys about logging, speed or distribution: accepted with any value and ignored"
     if default_only:
         return "train.py features not implemented here: accepted only at train.py's default (off) value"
-    text = KEY_HELP[key]
+    text = KEY_HELP.get(key, f"the config key {key}")
     shown = "unset" if default is None else repr(default) if isinstance(default, str) else default
     return f"{text} (default {shown})"
