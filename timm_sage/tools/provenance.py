@@ -86,14 +86,29 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _canonical(node: Any) -> str:
+    """A syntax tree as text that is the same on Python 3.10 to 3.13: ``ast.dump`` is not (3.12 adds
+    ``type_params``, 3.13 leaves out empty fields), so empty fields are left out here on every version."""
+    if isinstance(node, ast.AST):
+        fields = [
+            f"{name}={_canonical(value)}"
+            for name in node._fields
+            if (value := getattr(node, name, None)) is not None and value != []
+        ]
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ", ".join(_canonical(item) for item in node) + "]"
+    return repr(node)
+
+
 def code_digest(files: Iterable[Path], root: Path = ROOT) -> str:
     """SHA-256 over ``files`` (paths relative to ``root`` and their syntax trees without docstrings or
-    comments), hex."""
+    comments, the same on every Python from 3.10), hex."""
     digest = hashlib.sha256()
     for path in sorted(Path(p) for p in files):
         tree = _without_docstrings(ast.parse(path.read_text(), filename=str(path)))
         digest.update(str(path.resolve().relative_to(root.resolve())).encode() + b"\0")
-        digest.update(ast.dump(tree, include_attributes=False).encode() + b"\0")
+        digest.update(_canonical(tree).encode() + b"\0")
     return digest.hexdigest()
 
 
