@@ -53,7 +53,7 @@ done
 step "outputs: $(cd "$RUN" && stat -c '%n %a' * | tr '\n' ' ')"
 step "last.pth.tar loads with timm.models.load_checkpoint (weights_only)"
 "$VPY" -c "
-import sys, timm, timm_sage
+import sys, timm, timm_sage.models
 model = timm.create_model('preactresnet18_tiny', in_chans=1, num_classes=10)
 timm.models.load_checkpoint(model, sys.argv[1])
 print('loaded', sys.argv[1])

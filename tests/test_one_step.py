@@ -298,6 +298,8 @@ def test_trainer_step_and_train_py_with_the_plugin_reach_the_same_weights():
         result = train_step(model, x, y, criterion=SoftTargetCrossEntropy(), mixer=mixer)
         optimizer.step()
         torch.testing.assert_close(result.inputs, recorded["input"])
+        # train.py logs the mixed loss before its weight r (as the trainer does), yet trains on r * it
+        assert recorded["loss"] == pytest.approx(float(result.loss), rel=1e-5)
         for name, value in model.state_dict().items():
             torch.testing.assert_close(value, recorded["params"][name], rtol=1e-4, atol=1e-6, msg=name)
     assert float(mixer.loss_weight) == 0.5

@@ -15,7 +15,7 @@ import torch
 
 import timm_sage
 from timm_sage.tools import cli
-from timm_sage.train.configs import describe, find_config, packaged_configs
+from timm_sage.train.configs import describe, find_config, packaged_configs, study_configs
 
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
@@ -51,6 +51,7 @@ def test_wheel_carries_the_configs_and_the_license(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     configs = sorted(Path(n).stem for n in names if n.startswith("timm_sage/train_configs/"))
     assert configs == SHIPPED
+    assert not any("/studies/" in n or "fashion_mnist_scenes2" in n for n in names)  # study configs stay out
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "timm_sage/train/configs.py" in names and "timm_sage/_atomic.py" in names
 
@@ -76,10 +77,53 @@ def test_a_bare_name_finds_a_shipped_config_and_a_path_still_works(tmp_path, mon
     assert cfg.mixup_mode == "sage" and cfg.epochs == 1 and cfg.experiment == "fashion_mnist_sage"
 
 
+def test_study_configs_are_found_by_name_and_any_study_folder_counts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = find_config("fashion_mnist_scenes2_sage")
+    assert path == ROOT / "docs" / "studies" / "scenes2" / "configs" / "fashion_mnist_scenes2_sage.yaml"
+    assert find_config("fashion_mnist_scarce_vanilla.yaml").parent.parent.name == "scarce"
+    assert find_config(str(path)) == path  # by path too
+    # any docs/studies/STUDY/configs/*.yaml is a study's config; a study without configs/ is not listed
+    for study, names in {"newstudy": ["b_sage", "a_vanilla"], "empty": []}.items():
+        (tmp_path / study / "configs").mkdir(parents=True)
+        for name in names:
+            (tmp_path / study / "configs" / f"{name}.yaml").write_text("# x\nepochs: 1\n")
+    (tmp_path / "norecord").mkdir()
+    found = study_configs(tmp_path)
+    assert list(found) == ["newstudy"] and list(found["newstudy"]) == ["a_vanilla", "b_sage"]
+
+
+def test_study_command_takes_a_config_name(monkeypatch):
+    from timm_sage.tools import study
+
+    seen = {}
+
+    def stop(configs, *args, **kwargs):
+        seen["configs"] = configs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study, "run_study", stop)
+    monkeypatch.setattr(study, "_epoch_seconds", lambda args, extra: None)
+    parser = cli.build_parser("study")
+    args = parser.parse_args(["study", "fashion_mnist_study_sage", "--output", "/nonexistent/x"])
+    with pytest.raises(KeyboardInterrupt):
+        study.run(args)
+    folder = ROOT / "docs" / "studies" / "fmnist10k" / "configs"
+    assert seen["configs"] == [folder / "fashion_mnist_study_sage.yaml"]
+
+
 def test_configs_command_lists_one_line_each(capsys):
     assert cli.main(["configs"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == SHIPPED
+    # the recipes first, under their heading; then each study's configs under its own
+    headings = [index for index, line in enumerate(lines) if line and not line.startswith(" ")]
+    assert lines[0] == "Recipes:" and [line.split()[0] for line in lines[1 : 1 + len(SHIPPED)]] == SHIPPED
+    studies = study_configs()
+    assert [lines[i].split()[1] for i in headings[1:]] == list(studies)
+    for index, (study, configs) in zip(headings[1:], studies.items(), strict=True):
+        assert lines[index].startswith(f"Study {study} (")
+        assert [line.split()[0] for line in lines[index + 1 : index + 1 + len(configs)]] == list(configs)
+    lines = [line.strip() for line in lines]
     first = next(line for line in lines if line.startswith("fashion_mnist_sage "))
     assert first.split(None, 1)[1] == describe(ROOT / "train_configs" / "fashion_mnist_sage.yaml")
     assert first.split(None, 1)[1].startswith("The main job: SAGE on Fashion-MNIST")

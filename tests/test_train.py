@@ -217,11 +217,15 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
 
     from timm_sage.config import SAGE_RETIRED_PRESETS
     from timm_sage.train.config import SUPPORTED
+    from timm_sage.train.configs import study_configs
 
     folder = Path(__file__).resolve().parents[1] / "train_configs"
-    paths = sorted(folder.glob("*.yaml"))
-    # CIFAR, main job, 10k study, data-scarce study, scenes study (version 1), scenes-2 study
-    assert len(paths) == 16 + 1 + 4 + 14 + 14 + 9
+    recipes = sorted(folder.glob("*.yaml"))
+    assert len(recipes) == 16 + 1  # the paper's CIFAR recipes and the main job
+    studies = study_configs()  # 10k study, data-scarce study, scenes study (version 1), scenes-2 study, ...
+    counts = {"fmnist10k": 4, "scarce": 14, "scenes": 14, "scenes2": 9}
+    assert counts.items() <= {name: len(configs) for name, configs in studies.items()}.items()
+    paths = recipes + [path for configs in studies.values() for path in configs.values()]
     for path in paths:
         cfg = load_config(path)
         raw = yaml.safe_load(path.read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import random
 import struct
@@ -63,7 +64,11 @@ def test_show_on_fashion_mnist_writes_both_pngs(tmp_path):
     assert_valid_png(out / "comparison.png", viz.grid_size_px(2))
     assert_valid_png(out / "anatomy.png", viz.ANATOMY_SIZE_PX)
     assert viz.grid_size_px(2) == (800, 360)
-    assert sorted(p.name for p in out.iterdir()) == ["anatomy.png", "comparison.png"]  # no temporary left
+    # no temporary left; show.json records what drew the figures (tests/test_figures.py)
+    assert sorted(p.name for p in out.iterdir()) == ["anatomy.png", "comparison.png", "show.json"]
+    record = json.loads((out / "show.json").read_text())
+    assert record["command"] == f"timm-sage show -o {out} --pairs 2 --seed 1 --warmup-steps 2"
+    assert record["arguments"]["pairs"] == 2 and set(record["figures"]) == {"anatomy.png", "comparison.png"}
 
 
 @needs_fmnist

@@ -74,6 +74,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import timm_sage.models  # noqa: F401  (registers the CIFAR networks: --model wrn16_8 in timm's train.py)
 from timm_sage.config import (
     PRESET_HELP,
     SAGE_DEFAULTS,
@@ -92,8 +93,10 @@ __all__ = [
     "DeviceMixLoader",
     "PluginSageMixup",
     "PluginState",
+    "banner",
     "current_state",
     "install",
+    "logged_as_unweighted",
     "sage_options_from_args",
 ]
 
@@ -374,7 +377,7 @@ def _patch_tasks(state: PluginState) -> None:
             result = _base.forward(self, *args, **kwargs)
             weight = state.take_loss_weight()
             if weight is not None and isinstance(result, dict) and "loss" in result:
-                result = {**result, "loss": result["loss"] * weight}
+                result = {**result, "loss": logged_as_unweighted(result["loss"], weight)}
             return result
 
         namespace = {"__init__": __init__, "forward": forward, "__module__": value.__module__}
@@ -382,6 +385,34 @@ def _patch_tasks(state: PluginState) -> None:
         patched.__qualname__ = value.__qualname__
         state.originals[name] = value
         state.namespace[name] = patched
+
+
+def logged_as_unweighted(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``loss * weight``'s gradient with ``loss``'s value: train.py logs ``loss.item()``, so its ``Loss``
+    stays the mixed-batch loss before its weight, comparable with a run at ``update_ratio`` 1 (and with
+    ``timm-sage train``'s ``train_loss``), while the backward is the paper's weighted loss (the clean part
+    rides on ``weight``). Both are 0-dim tensors; the result is 0-dim, of ``loss``'s dtype."""
+    weighted = loss * weight
+    return weighted + (loss - weighted).detach()
+
+
+def banner(state: PluginState) -> str:
+    """The one start-up line: what was patched, and every SAGE option in effect (the mixer's values)."""
+    options = {name: state.options[name] for name in SageConfig.names() if name in state.options}
+    config = SageConfig(**options)
+    shown = [f"{name}={value}" for name, value in config.as_dict().items()]
+    seed = state.options.get("seed")
+    shown.append("seed=train.py's --seed + rank" if seed is None else f"seed={seed} + rank")
+    for extra in ("amp_dtype", "compile_options"):
+        if extra in state.options:
+            shown.append(f"{extra}={state.options[extra]}")
+    mode = getattr(state.args, "mixup_mode", None) or "sage"
+    return (
+        f"timm_sage.plugin: installed for --mixup-mode {mode} ({', '.join(sorted(state.originals))}); "
+        + "SAGE options: "
+        + " ".join(shown)
+        + "; the logged Loss is the mixed-batch loss before the update_ratio weight"
+    )
 
 
 def _wrap(state: PluginState, name: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
@@ -469,7 +500,7 @@ def install(namespace: dict[str, Any], args: argparse.Namespace | None = None) -
     _patch_tasks(state)
     namespace[STATE_KEY] = state
     _current = state
-    _logger.info("timm_sage.plugin: --mixup-mode sage installed (%s)", ", ".join(sorted(state.originals)))
+    _logger.info(banner(state))
     return state
 
 

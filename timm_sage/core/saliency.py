@@ -306,6 +306,7 @@ def compute_saliency(
     size: int | None = None,
     check_labels: bool = False,
     clean_buffer: torch.Tensor | None = None,
+    num_classes: int | None = None,
 ) -> tuple[SaliencyPass, CleanGradients | None]:
     """:func:`saliency_pass` on trusted arguments, with no host read of a device value.
 
@@ -316,7 +317,7 @@ def compute_saliency(
     when ``w == 0`` or no parameter received a gradient. ``clean_buffer``: a float32 tensor this call
     may overwrite to hold them (a released earlier one, see :meth:`CleanGradients.release`), used when
     its size and device fit: on a CPU a fresh buffer of the parameters' size costs page faults at every
-    step.
+    step. ``num_classes``: the soft targets' width, checked against the logits' (a shape: no read).
     """
     height, width = x.shape[-2:]
     small = pass_size(height, width, scale=scale, size=size)
@@ -339,6 +340,11 @@ def compute_saliency(
     )
     with torch.enable_grad(), kept_running_statistics(model) if resized else contextlib.nullcontext():
         logits = _logits_of(model, inputs)  # under the caller's autocast, if any
+        if num_classes is not None and logits.shape[-1] != num_classes:
+            raise ValueError(
+                f"num_classes={num_classes}, but the model outputs {logits.shape[-1]} logits per image: "
+                f"build the mixer with num_classes={logits.shape[-1]}, or bind the model it was built for"
+            )
         if check_labels and not target.is_floating_point():  # the public boundary only: reads values
             num_classes = logits.shape[-1]
             if bool((target < 0).any()) or bool((target >= num_classes).any()):

@@ -150,6 +150,7 @@ def sage_step(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
             blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
             scale=config.saliency_scale, size=config.saliency_size, clean_buffer=clean_buffer,
+            num_classes=num_classes,
         )  # fmt: skip
     perm, translations = draws_to_device(draws, device)
     prior = torch.full((x.shape[0],), draws.prior, device=device)

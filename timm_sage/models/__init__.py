@@ -1,6 +1,7 @@
 """CIFAR-style networks of the SAGE paper, registered in timm's model registry on import.
 
-After ``import timm_sage.models`` (``import timm_sage`` does it), ``timm.create_model(name, ...)`` builds:
+After ``import timm_sage.models`` (the first use of ``timm_sage.SageMixup`` or any public name does it; a
+bare ``import timm_sage`` stays light), ``timm.create_model(name, ...)`` builds:
 
 ============================  ==========================================================  ============
 name                          network                                                     params (10 cl.)

@@ -72,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"timm-sage: {args._unavailable}", file=sys.stderr)
         return 2
     try:
+        importlib.import_module("timm_sage.models")  # every subcommand may build the CIFAR networks by name
         return int(args._run(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"timm-sage {args.command}: error: {error}", file=sys.stderr)

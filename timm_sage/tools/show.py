@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from timm_sage._atomic import atomic_path
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SageConfig, add_option_arguments
 from timm_sage.core import checks as _checks
+from timm_sage.data import idx as _idx
+from timm_sage.tools import provenance
 from timm_sage.tools.show_data import (
     DEFAULT_MODEL,
     Batch,
@@ -51,6 +54,7 @@ __all__ = [
     "plot_comparison",
     "run",
     "show",
+    "show_command",
 ]
 
 DPI = 80
@@ -58,6 +62,7 @@ _CELL_INCHES = (2.0, 2.25)  # one panel of the comparison grid: 160 x 180 pixels
 _ANATOMY_INCHES = (10.0, 5.5)  # 800 x 440 pixels
 ANATOMY_SIZE_PX = (int(_ANATOMY_INCHES[0] * DPI), int(_ANATOMY_INCHES[1] * DPI))
 COLUMNS = ("A", "B", "Mixup", "CutMix", "SAGE")
+RECORD = "show.json"  # beside the PNGs: what drew them (timm_sage.tools.provenance)
 BATCH_SIZE = 32  # display batch; the filler images only steady BatchNorm's batch statistics
 
 
@@ -348,7 +353,8 @@ def show(
 
     Saliency comes from ``checkpoint`` (see :func:`build_model`) or from a fresh model trained for
     ``warmup_steps`` steps (default 50 without a checkpoint, 0 with one) on 1024 training images.
-    Returns ``{"comparison": path, "anatomy": path}``.
+    Returns ``{"comparison": path, "anatomy": path}``; ``show.json`` beside them records the command,
+    its arguments and the digests of its inputs and code (:mod:`timm_sage.tools.provenance`).
     """
     _checks.check_positive_int("pairs", pairs)
     if pairs > 16:
@@ -377,10 +383,41 @@ def show(
     finally:
         torch.set_num_threads(threads)
     outdir = Path(outdir)
-    return {
+    paths = {
         "comparison": plot_comparison(comparison, outdir / "comparison.png"),
         "anatomy": plot_anatomy(anatomy, outdir / "anatomy.png"),
     }
+    arguments = dict(
+        data=None if data is None else str(data), checkpoint=None if checkpoint is None else str(checkpoint),
+        model=model, pairs=pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos,
+        warmup_steps=warmup_steps, image_size=image_size,
+    )  # fmt: skip
+    inputs = [Path(checkpoint)] if checkpoint is not None else []
+    provenance.write_record(
+        outdir / RECORD, command=show_command(outdir, arguments), entry=__name__, arguments=arguments,
+        inputs=inputs + _data_files(data), figures=paths.values(),
+    )  # fmt: skip
+    return paths
+
+
+def show_command(outdir: str | Path, arguments: dict[str, Any]) -> str:
+    """The ``timm-sage show`` command line that draws with ``arguments`` (the non-default ones given)."""
+    defaults = dict(pairs=4, seed=0, upper_lambda=_D.upper_lambda, rand_pos=_D.rand_pos)
+    words = ["timm-sage", "show", "-o", str(outdir)]
+    for name, value in arguments.items():
+        if value is None or defaults.get(name, object()) == value or (name == "warmup_steps" and value == 50):
+            continue
+        words += ["--" + name.replace("_", "-"), str(value)]
+    return " ".join(words)
+
+
+def _data_files(data: str | Path | None) -> list[Path]:
+    """The files the figures read: Fashion-MNIST's idx pairs, else the data folder's top-level files."""
+    root = Path(data) if data is not None else _idx.FASHION_MNIST_ROOT
+    pairs = [_idx.find_idx_pair(root, split) for split in ("train", "test")]
+    if all(pairs):
+        return [path for pair in pairs for path in pair]
+    return sorted(path for path in root.iterdir() if path.is_file()) if root.is_dir() else []
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -107,6 +107,8 @@ def run_study(
                 command += ["--epochs", str(epochs[config.stem])]
             if (folder / "last.pth.tar").is_file():
                 command += ["--resume", str(folder / "last.pth.tar")]
+            elif folder.is_dir():  # a start that died before its first checkpoint: free the name again
+                shutil.rmtree(folder)
             print(f"[study] {name}: {' '.join(command[3:])}", flush=True)
             try:
                 subprocess.run(command, check=True)
@@ -704,7 +706,10 @@ def override_flags(assignments: list[str]) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("configs", nargs="+", type=Path, help="training configs (YAML), one per method")
+    parser.add_argument(
+        "configs", nargs="+", type=Path,
+        help="training configs (YAML files or names, as timm-sage configs lists them), one per method",
+    )  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output", type=Path, default=Path("runs/study"))
     parser.add_argument("--report", type=Path, default=None, help="Markdown file to write the table into")
@@ -938,6 +943,9 @@ def _extension_plan(
 
 
 def run(args: argparse.Namespace) -> int:
+    from timm_sage.train.configs import find_config
+
+    args.configs = [find_config(config) for config in args.configs]  # a path, or a config's name
     folders = [args.output / run_name(c, s) for c in args.configs for s in args.seeds]
     extra = override_flags(args.set)
     if args.extend is not None and args.extend_to is None:

@@ -10,9 +10,12 @@ own folder (:mod:`timm_sage.train.resume`); Ctrl-C leaves a checkpoint and print
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import shlex
 import sys
+import textwrap
+from collections.abc import Sequence
 
 from timm_sage.config import PRESET_HELP, SAGE_PRESETS, SEED_HELP, option_help, option_infos
 from timm_sage.train.config import (
@@ -26,6 +29,7 @@ from timm_sage.train.config import (
     read_yaml,
 )
 from timm_sage.train.configs import find_config
+from timm_sage.train.key_help import key_help
 from timm_sage.train.resume import resume_config
 
 _DEST = "cfg__"
@@ -73,25 +77,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # the YAML spelling works too, as for every key; listed once, above
         sage.add_argument("--" + key, dest=_DEST + key, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     group = parser.add_argument_group(
-        "config keys", "any key of the config, in train.py's flag spelling, overrides the YAML value"
+        "config keys",
+        "any key of the config, in train.py's flag spelling (or the YAML one, --batch_size), overrides the "
+        "YAML value",
     )
     aliases = {"batch_size": ["-b"], "validation_batch_size": ["-vb"], "workers": ["-j"]}
     aliases["decay_rate"] = ["--dr"]
-    for key in sorted({*SUPPORTED, *DEFAULT_ONLY, *NEUTRAL} - {"config"}):
-        if key.startswith("sage_"):
-            continue  # in the SAGE group above
-        flags = dict.fromkeys([*aliases.get(key, []), "--" + key.replace("_", "-"), "--" + key])
-        group.add_argument(*flags, dest=_DEST + key, nargs="*", default=argparse.SUPPRESS, metavar="V")
+    neutral = sorted(NEUTRAL - {"config"})
+    groups = {
+        key: group for key in SUPPORTED if not key.startswith("sage_")
+    } | _listed_group(parser, neutral, key_help("", neutral=True)) | _listed_group(
+        parser, sorted(DEFAULT_ONLY), key_help("", default_only=True)
+    )  # fmt: skip
+    for key in sorted(groups):
+        flags = [*aliases.get(key, []), "--" + key.replace("_", "-")]
+        listed = groups[key] is group
+        text = key_help(key, SUPPORTED[key][1]) if listed else argparse.SUPPRESS
+        groups[key].add_argument(
+            *flags, dest=_DEST + key, nargs="*", default=argparse.SUPPRESS, metavar="V", help=text
+        )
+        if "--" + key not in flags:  # the YAML spelling works too; listed once, above
+            groups[key].add_argument(
+                "--" + key, dest=_DEST + key, nargs="*", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+    parser.formatter_class = _HelpFormatter
     parser.usage = (
         "timm-sage train [-h] [-c FILE.yaml] [--ignore-unsupported] [--no-progress] [--sage-KEY V ...] "
         "[--KEY V ...]"
     )
     parser.epilog = (
-        "Outputs land in OUTPUT/EXPERIMENT (default output/train/<date>-<model>-<size>): args.yaml, "
+        "Outputs land in OUTPUT/EXPERIMENT (default output/train/<date>-<model>-<size>; a folder that holds "
+        "an earlier run is never reused: EXPERIMENT-1, EXPERIMENT-2, ... follow): args.yaml, "
         "metrics.csv, metrics.jsonl, summary.json, last.pth.tar, mixed_batch.png, curves.png. "
         "Continue a stopped run with --resume OUTPUT/EXPERIMENT/ (its settings and folder are the run's; "
         "only --epochs may change)."
     )
+
+
+def _listed_group(
+    parser: argparse.ArgumentParser, keys: list[str], description: str
+) -> dict[str, argparse._ArgumentGroup]:
+    """A help group that names ``keys``' flags in its description (one line each would say the same)."""
+    flags = ", ".join("--" + key.replace("_", "-") for key in keys)
+    section = parser.add_argument_group(description, flags)
+    return dict.fromkeys(keys, section)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, wrapping lines at spaces only (a flag such as --pin-mem stays whole)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        lines = textwrap.wrap(text, width - len(indent), break_on_hyphens=False)
+        return "\n".join(indent + line for line in lines)
 
 
 def _flag_value(value: str | list[str]) -> str | list[str] | bool:
@@ -127,6 +168,20 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+def similar_model_names(name: str, known: Sequence[str], limit: int = 5) -> list[str]:
+    """Up to ``limit`` names of ``known`` closest to ``name``, compared without case, ``_`` and ``-`` (so
+    ``resnet_18`` finds ``resnet18``), closest first (difflib's ratio)."""
+
+    def key(text: str) -> str:
+        return text.split(".")[0].lower().replace("_", "").replace("-", "")
+
+    by_key: dict[str, list[str]] = {}
+    for candidate in known:
+        by_key.setdefault(key(candidate), []).append(candidate)
+    close = difflib.get_close_matches(key(name), list(by_key), n=limit, cutoff=0.6) if name else []
+    return [candidate for match in close for candidate in by_key[match]][:limit]
+
+
 def check_model_and_device(cfg: TrainConfig) -> None:
     """ValueError naming ``model`` or ``device`` before anything is built (no traceback from timm/torch)."""
     import timm
@@ -136,7 +191,7 @@ def check_model_and_device(cfg: TrainConfig) -> None:
 
     name = cfg.model
     if ":" not in name and not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:5] if name else []
+        close = similar_model_names(name, timm.list_models())
         hint = f"; similar names: {', '.join(close)}" if close else ""
         raise ValueError(f"model: {name!r} is not a timm model name (timm.list_models() lists them){hint}")
     if cfg.device is None:
@@ -200,7 +255,8 @@ def _train(cfg: TrainConfig, args: argparse.Namespace) -> int:
         f"{tuple(cfg.input_size)}: {len(trainer.train_data)} train / {len(trainer.test_data)} test images, "
         f"{trainer.num_epochs} epochs of {len(trainer.train_loader)} batches, mixing "
         f"{cfg.mixup_mode if trainer.mixer is not None else 'off'}, device {trainer.device}"
-        + (f", resuming at epoch {trainer.start_epoch + 1}" if cfg.resume else ""),
+        + (f", resuming at epoch {trainer.start_epoch + 1}" if cfg.resume else "")
+        + f"; writing to {trainer.output_dir}/",
         flush=True,
     )
     summary = trainer.fit()

@@ -393,6 +393,12 @@ def _check(cfg: TrainConfig) -> None:
             raise ValueError(f"{key} must lie in [0, 1], got {cfg[key]}")
     if cfg.cutmix_minmax is not None and len(cfg.cutmix_minmax) != 2:
         raise ValueError(f"cutmix_minmax must be two numbers (min max), got {cfg.cutmix_minmax}")
+    from timm_sage.mixup import MODES  # the mixer's own list (imported here: it brings torch)
+
+    if cfg.mixup_mode not in MODES:
+        raise ValueError(
+            f"mixup_mode (--mixup-mode) must be one of {', '.join(MODES)}, got {cfg.mixup_mode!r}"
+        )
     if cfg.mixup_mode == "sage" and cfg.mixup <= 0:
         raise ValueError("mixup must be > 0 with mixup_mode: sage (it is the Beta parameter of SAGE's prior)")
     if cfg.amp_dtype not in ("float16", "bfloat16"):

@@ -25,6 +25,7 @@ __all__ = [
     "METRIC_FIELDS",
     "atomic_write_bytes",
     "atomic_write_text",
+    "fresh_run_folder",
     "load_checkpoint",
     "save_checkpoint",
     "write_args",
@@ -39,6 +40,25 @@ METRIC_FIELDS = (
     "lr",
     "epoch_time", "img_per_s", "skipped_sage_batches",
 )  # fmt: skip
+
+
+def fresh_run_folder(base: Path) -> Path:
+    """``base`` created, or if it holds an earlier run, ``base-1``, ``base-2``, ...: the first that did not
+    exist or was empty (timm's ``get_outdir(..., inc=True)`` habit), so a new run never overwrites one.
+
+    The folder is created here (``mkdir`` fails on an existing one), so two runs started at once with the
+    same name get different folders.
+    """
+    candidate, count = Path(base), 0
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            if candidate.is_dir() and not any(candidate.iterdir()):
+                return candidate  # an empty folder (made by hand, or by a run that never started) is free
+        count += 1
+        candidate = Path(base).with_name(f"{Path(base).name}-{count}")
 
 
 def write_args(folder: Path, cfg: Mapping[str, Any]) -> Path:

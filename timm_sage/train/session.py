@@ -240,7 +240,8 @@ class Trainer:
         name = cfg.experiment or "-".join(
             [datetime.now().strftime("%Y%m%d-%H%M%S"), cfg.model.replace("/", "_"), str(cfg.input_size[-1])]
         )
-        return Path(cfg.output or os.path.join("output", "train")) / name
+        # a folder that holds an earlier run is never reused: NAME-1, NAME-2, ... (--resume continues one)
+        return outputs.fresh_run_folder(Path(cfg.output or os.path.join("output", "train")) / name)
 
     def _state(self, epoch: int) -> dict[str, Any]:
         return {
