@@ -143,7 +143,7 @@ def _reference(
         optimizer.zero_grad(set_to_none=True)
         for (x, y), record in zip(_chunks(step, parts), step_records, strict=True):
             weight = 1.0 / parts
-            if record.method == "sage":
+            if record.method in ("sage", "cutmix"):  # CutMix batches take the clean term too (0.3.0)
                 inputs = x.clone().requires_grad_(True)
                 with _fp16_autocast(amp):
                     logits = model(inputs)
@@ -158,13 +158,18 @@ def _reference(
                     for param, g in zip(params, grads, strict=True):
                         g = g * ((1 - R) * weight / loss_scale)
                         param.grad = g if param.grad is None else param.grad + g
-                saliency = functional.blur_maps((grad.float() / loss_scale).abs().mean(1))
-                draws = record.draws
-                out = functional.sage_mix(
-                    x, saliency, perm=draws.perm, prior=draws.prior, translations=draws.translations
-                )
-                images = out.images
-                target = functional.sage_target(y, perm=draws.perm, lam=out.lam, num_classes=NUM_CLASSES)
+                if record.method == "sage":
+                    saliency = functional.blur_maps((grad.float() / loss_scale).abs().mean(1))
+                    draws = record.draws
+                    out = functional.sage_mix(
+                        x, saliency, perm=draws.perm, prior=draws.prior, translations=draws.translations
+                    )
+                    images = out.images
+                    target = functional.sage_target(
+                        y, perm=draws.perm, lam=out.lam, num_classes=NUM_CLASSES
+                    )
+                else:
+                    images, target = record.images, record.target
                 weight *= R
             else:
                 images, target = record.images, record.target
@@ -285,8 +290,9 @@ def test_grad_scaler_with_float16_autocast_gives_the_reference_weights() -> None
 
 def test_steps_without_sage_add_no_stale_clean_term() -> None:
     """Steps that do not run SAGE, an unmixed batch (``prob`` 0 for that step) and a CutMix batch
-    (``switch_prob`` 1), each right after a SAGE step whose term the loop consumed: they train on their
-    own batch alone, with a plain ``loss_weight`` of 1."""
+    (``switch_prob`` 1), each right after a SAGE step whose term the loop consumed: the unmixed batch
+    trains on itself alone with a plain ``loss_weight`` of 1; the CutMix batch takes its own clean term
+    (weight r, a fresh clean pass), never the SAGE step's."""
     model = _net()
     optimizer = _optimizer(model)
     mixup_fn = RecordingMixer(model, cutmix_alpha=1.0)
@@ -303,8 +309,8 @@ def test_steps_without_sage_add_no_stale_clean_term() -> None:
     methods = [record.method for record in mixup_fn.records]
     assert methods == [method for method, _, _ in schedule]
     for method, weight in zip(methods, weights, strict=True):
-        assert isinstance(weight, LossWeight) == (method == "sage")
-        assert float(weight) == (R if method == "sage" else 1.0)
+        assert isinstance(weight, LossWeight) == (method in ("sage", "cutmix"))
+        assert float(weight) == pytest.approx(R if method in ("sage", "cutmix") else 1.0)
     _assert_same_weights(model, _reference([[record] for record in mixup_fn.records]))
 
 
