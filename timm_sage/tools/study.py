@@ -738,7 +738,8 @@ def frontier_comparisons(frontier: dict[str, dict[str, list[dict]]]) -> list[dic
 
 
 def _p_cell(p: float) -> str:
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+    """Four decimals; small p-values in scientific notation (an exact 0, from no spread, as 0)."""
+    return "0" if p == 0 else f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
 def frontier_paired_tables(frontier: dict[str, dict[str, list[dict]]]) -> str:
@@ -792,8 +793,9 @@ def frontier_section(frontier: dict[str, dict[str, list[dict]]], plan: dict, ref
     )
     text += "\n\n**Best on validation at each budget**\n\n" + frontier_best_table(frontier)
     paired = frontier_paired_tables(frontier)
-    if paired:
-        text += "\n\n**Paired by seed at each budget**\n\n" + paired
+    text += "\n\n**Paired by seed at each budget**\n\n" + (
+        paired or "No comparison: no two methods share two finished seeds at a budget."
+    )
     # One stall table for the whole frontier: a row per method and budget.
     rows = {
         f"{method} at {label}x": runs
