@@ -640,6 +640,9 @@ def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resume
         study.run(parser.parse_args(untimed))
     with pytest.raises(ValueError, match="--frontier"):
         study.run(parser.parse_args([*common, "0"]))
+    # the plan was made on vanilla's schedule: another reference is refused, not silently ignored
+    with pytest.raises(ValueError, match="planned on s_vanilla"):
+        study.run(parser.parse_args([*common, "1", "--budget-reference", "sage"]))
 
 
 def _tiny_config(path, name, extra=""):
@@ -697,3 +700,30 @@ def test_timm_sage_study_frontier_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(study.subprocess, "run", no_training)
     assert main(command) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+
+
+def test_a_config_added_to_a_frontier_is_planned_on_the_stored_scale(tmp_path, monkeypatch):
+    configs = {}
+    for name in ("s_vanilla", "s_sage", "s_cheap"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text("epochs: 4\n")
+        _fake_val_run(tmp_path / "out", name, 0, val=70.0, test=71.0)
+    out = tmp_path / "out"
+    (out / "_timing").mkdir()
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
+    monkeypatch.setattr(study.subprocess, "run", lambda command, check: None)  # nothing finishes: plan only
+    # the machine is twice as fast now: s_cheap 0.25 s beside vanilla's 0.5 s -> 0.5 s on the stored scale
+    monkeypatch.setattr(study, "time_epochs", lambda paths, *_: {"s_vanilla": 0.5, "s_cheap": 0.25})
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    first = [str(configs["s_vanilla"]), str(configs["s_sage"]), "--seeds", "0", "--output", str(out),
+             "--time-steps", "3", "--frontier", "0.5", "2"]  # fmt: skip
+    assert study.run(parser.parse_args(first)) == 0
+    plan = json.loads((out / "frontier" / "plan.json").read_text())
+    assert plan["epochs"] == {"0.5": {"s_vanilla": 2, "s_sage": 1}, "2": {"s_vanilla": 8, "s_sage": 4}}
+    assert study.run(parser.parse_args([*first[:2], str(configs["s_cheap"]), *first[2:]])) == 0
+    plan = json.loads((out / "frontier" / "plan.json").read_text())
+    # s_cheap at 0.5 s per epoch: round(0.5 x 4 / 0.5) = 4 (its own schedule), round(2 x 4 / 0.5) = 16
+    assert plan["epochs"] == {"0.5": {"s_vanilla": 2, "s_sage": 1, "s_cheap": 4},
+                              "2": {"s_vanilla": 8, "s_sage": 4, "s_cheap": 16}}  # fmt: skip
+    assert plan["seconds"] == {"s_vanilla": 1.0, "s_sage": 2.0, "s_cheap": 0.5}

@@ -1283,6 +1283,12 @@ def _frontier_plan(
     labels = [budget_label(b) for b in args.frontier]
     if path.is_file() and not args.replan:
         plan = json.loads(path.read_text())
+        asked = _reference_stem(args)
+        if asked is not None and asked != plan["reference"]:
+            raise ValueError(
+                f"--budget-reference {args.budget_reference!r}: {path} was planned on {plan['reference']}'s "
+                "schedule; name that method, or --replan"
+            )
         changed = False
         added = {stem: sec for stem, sec in seconds.items() if stem not in plan["seconds"]}
         if added and (epoch_seconds is not None) != plan.get("timed", False):
@@ -1395,6 +1401,7 @@ def run(args: argparse.Namespace) -> int:
     frontier: dict[str, dict[str, list[dict]]] = {}
     if args.frontier:
         frontier_plan = _frontier_plan(args, folders, epoch_seconds, extra)
+        sync_record(args.output, args.record, "save")  # the plan, even when no budget trains anything
         frontier = _frontier_runs(args, extra, frontier_plan, names, epoch_seconds)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
@@ -1445,7 +1452,8 @@ def run(args: argparse.Namespace) -> int:
             )
             body += _paired_section(trained_results(given, extended), args.paired, f"at {target}'s time")
     if frontier_plan is not None:
-        body += "\n\n" + frontier_section(frontier, frontier_plan, names[frontier_plan["reference"]])
+        reference = frontier_plan["reference"]
+        body += "\n\n" + frontier_section(frontier, frontier_plan, names.get(reference, reference))
     print(body)
     if args.figure is not None:
         plot_curves(results, args.figure, args.title, metric=args.select_on)
