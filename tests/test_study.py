@@ -630,6 +630,10 @@ def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resume
     assert study.run(parser.parse_args([*common, "0.5", "1", "2", "4"])) == 0
     assert trained[8:] == [("b4", "s_vanilla-seed0", 16), ("b4", "s_sage-seed0", 8),
                            ("b4", "s_vanilla-seed1", 16), ("b4", "s_sage-seed1", 8)]  # fmt: skip
+    # another machine, an empty output folder and the record: every run and the plan restored, none trained
+    there = [*common[:6], str(tmp_path / "there"), *common[7:], "0.5", "1", "2", "4"]
+    assert study.run(parser.parse_args(there)) == 0 and len(trained) == 12
+    assert (tmp_path / "there" / "frontier" / "b4" / "s_sage-seed1" / "summary.json").is_file()
     # a config added without --time-steps would be planned on another clock: refused
     extra = tmp_path / "s_cheap.yaml"
     extra.write_text("epochs: 4\n")

@@ -1338,12 +1338,13 @@ def _frontier_runs(
     extra: list[str],
     plan: dict,
     names: dict[str, str],
-    epoch_seconds: dict[str, float] | None,
 ) -> dict[str, dict[str, list[dict]]]:
     """Train (unless --report-only) the --frontier budgets, smallest first (a study stopped early has its
     low budgets complete), each under ``OUTPUT/frontier/b<label>`` (``RECORD/frontier/b<label>``); a
     (budget, config) whose epochs are the config's own schedule is the equal-epoch run, not trained
-    again. Returns {budget label: {method: finished runs}}."""
+    again. Returns {budget label: {method: finished runs}}, their training seconds on the plan's clock
+    (its measured seconds per epoch when it was timed, else each run's own median epoch time)."""
+    clock = plan["seconds"] if plan.get("timed") else None  # the budgets' clock, whatever this call's flags
     frontier = {}
     for budget in sorted(set(args.frontier)):
         label = budget_label(budget)
@@ -1363,7 +1364,7 @@ def _frontier_runs(
             for c in configs
             for seed in args.seeds
         ]
-        frontier[label] = collect(folders, epoch_seconds, names=names, metric=args.select_on)
+        frontier[label] = collect(folders, clock, names=names, metric=args.select_on)
     return frontier
 
 
@@ -1402,7 +1403,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frontier:
         frontier_plan = _frontier_plan(args, folders, epoch_seconds, extra)
         sync_record(args.output, args.record, "save")  # the plan, even when no budget trains anything
-        frontier = _frontier_runs(args, extra, frontier_plan, names, epoch_seconds)
+        frontier = _frontier_runs(args, extra, frontier_plan, names)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
