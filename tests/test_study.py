@@ -457,3 +457,277 @@ def test_stalled_runs_are_flagged_from_their_training_loss():
     runs = {"m": [{"seed": 0, "stalled": True, "diverged": False, "takeoff": 5},
                   {"seed": 1, "stalled": False, "diverged": False, "takeoff": 2}]}  # fmt: skip
     assert "| m | 2 | 1 (seeds 0) | 0 | 0: 5, 1: 2 |" in study.stall_table(runs)
+
+
+def test_frontier_epochs_fit_each_budget_on_hand_computed_numbers():
+    seconds = {"v": 2.0, "c": 2.1, "s": 4.2, "x": 0.7}
+    # reference v: 15 epochs x 2 s = 30 s; epochs = max(1, round(b x 30 / t)), halves rounded up
+    assert study.frontier_epochs(seconds, "v", 15, [0.5, 1, 2, 4]) == {
+        "0.5": {"v": 8, "c": 7, "s": 4, "x": 21},  # 7.5 -> 8, 7.14, 3.57, 21.43
+        "1": {"v": 15, "c": 14, "s": 7, "x": 43},  # the reference's own schedule at 1x
+        "2": {"v": 30, "c": 29, "s": 14, "x": 86},  # 28.57, 14.29, 85.71
+        "4": {"v": 60, "c": 57, "s": 29, "x": 171},  # 57.14, 28.57, 171.43
+    }
+    assert study.frontier_epochs(seconds, "v", 15, [0.01])["0.01"]["s"] == 1  # 0.07 epochs: at least one
+    with pytest.raises(ValueError, match="budget reference"):
+        study.frontier_epochs(seconds, "cutmix", 15, [1])
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="--frontier"):
+            study.frontier_epochs(seconds, "v", 15, [bad])
+
+
+def test_holm_adjustment_matches_hand_computed_values():
+    assert study.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # sorted 0.001 x 4, 0.03 x 3, 0.2 x 2, 0.5 x 1 = 0.004, 0.09, 0.4, 0.5 (already increasing)
+    assert study.holm([0.001, 0.2, 0.03, 0.5]) == pytest.approx([0.004, 0.4, 0.09, 0.5])
+    # capped at 1, and monotone: 0.3 x 3 = 0.9, 0.4 x 2 = 0.8 -> 0.9, 0.45 x 1 -> 0.9
+    assert study.holm([0.4, 0.3, 0.45]) == pytest.approx([0.9, 0.9, 0.9])
+    assert study.holm([0.6, 0.7]) == [1.0, 1.0] and study.holm([]) == []
+    with pytest.raises(ValueError, match="p-values"):
+        study.holm([0.1, 1.5])
+
+
+def test_paired_test_matches_a_hand_computed_t_test():
+    from scipy import stats
+
+    anchor = [{"seed": s, "final_top1": v} for s, v in ((0, 80.0), (1, 82.0), (2, 84.0), (3, 90.0))]
+    rival = [{"seed": s, "final_top1": v} for s, v in ((0, 79.0), (1, 80.0), (2, 84.0))]  # no seed 3
+    test = study.paired_test(anchor, rival)
+    # differences 1, 2, 0: mean 1, sd 1, n 3, t = 1 / (1 / sqrt 3) = sqrt 3 with 2 degrees of freedom, whose
+    # CDF is 1/2 + t / (2 sqrt(2 + t^2)): p = 2 (1/2 - sqrt 3 / (2 sqrt 5)) = 1 - sqrt(3 / 5) = 0.225403
+    assert test["seeds"] == [0, 1, 2] and test["mean"] == pytest.approx(1.0) and test["median"] == 1.0
+    assert test["p"] == pytest.approx(1 - (3 / 5) ** 0.5, rel=1e-9)
+    assert test["p"] == pytest.approx(stats.ttest_rel([80.0, 82.0, 84.0], [79.0, 80.0, 84.0]).pvalue)
+    # t(0.975, 2) = 4.302653: half-width 4.302653 / sqrt 3 = 2.484138
+    assert test["low"] == pytest.approx(1 - 2.484138, abs=1e-5) and test["high"] == pytest.approx(3.484138)
+    skewed = study.paired_test(
+        [{"seed": s, "final_top1": v} for s, v in enumerate((3.0, 0.0, 0.0, 1.0))],
+        [{"seed": s, "final_top1": 0.0} for s in range(4)],
+    )
+    assert skewed["mean"] == 1.0 and skewed["median"] == 0.5  # the median beside the mean
+    # all differences equal: no spread, p at the limits of the test, never NaN
+    same = [{"seed": s, "final_top1": 70.0} for s in range(3)]
+    assert study.paired_test([r | {"final_top1": 72.0} for r in same], same)["p"] == 0.0
+    assert study.paired_test(same, same)["p"] == 1.0
+    assert study.paired_test(anchor, rival[:1]) is None
+
+
+def _frontier_run(seed, test, val, epochs=2, seconds=10.0, stalled=False):
+    return {"seed": seed, "final_top1": test, "final_val_top1": val, "epochs": epochs, "train_s": seconds,
+            "stalled": stalled, "diverged": False, "takeoff": 1}  # fmt: skip
+
+
+def _small_frontier():
+    def runs(tests, vals, epochs, seconds, stalled=()):
+        return [_frontier_run(s, t, v, epochs, seconds, s in stalled)
+                for s, (t, v) in enumerate(zip(tests, vals, strict=True))]  # fmt: skip
+
+    return {
+        "0.5": {  # a is best on validation; a - b = 1, 2, 0; a - c = 2, 2, 2
+            "a": runs([80.0, 81.0, 82.0], [90.0, 90.0, 90.0], 2, 10.0),
+            "b": runs([79.0, 79.0, 82.0], [89.0, 89.0, 89.0], 1, 12.0, stalled=(2,)),
+            "c": runs([78.0, 79.0, 80.0], [80.0, 80.0, 80.0], 4, 9.0),
+        },
+        "1": {  # b is best on validation; b - a = 3, 1, 2; b - c = 1, 2, 0
+            "a": runs([82.0, 83.0, 84.0], [91.0, 91.0, 91.0], 4, 20.0),
+            "b": runs([85.0, 84.0, 86.0], [93.0, 93.0, 93.0], 2, 24.0),
+            "c": runs([84.0, 82.0, 86.0], [85.0, 85.0, 85.0], 8, 18.0),
+        },
+    }
+
+
+def test_frontier_tables_on_a_small_fake_study():
+    frontier = _small_frontier()
+    table = study.frontier_table(frontier)
+    row = next(line for line in table.splitlines() if line.startswith("| a |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # per budget: epochs, mean ± sample std (runs), median, mean training seconds
+    assert cells[1:] == ["2", "81.00 ± 1.00 (3)", "81.00", "10", "4", "83.00 ± 1.00 (3)", "83.00", "20"]
+    b_row = next(line for line in table.splitlines() if line.startswith("| b |"))
+    assert "| 1 | 80.00 ± 1.73 (3) | 79.00 | 12 |" in b_row  # median 79 below the mean 80
+    best = study.frontier_best_table(frontier)
+    assert "| 0.5x | a | 3 | 90.00 | 81.00 ± 1.00 | 81.00 |" in best
+    assert "| 1x | b | 3 | 93.00 | 85.00 ± 1.00 | 85.00 |" in best
+    # the family: p = 1 - sqrt(3/5) = 0.225403 (a - b), 0 (a - c, no spread), b - a: t = 2 sqrt 3 with 2 dof,
+    # p = 1 - sqrt(12 / 14) = 0.074180, b - c: 0.225403. Holm over the four: 0 x 4 = 0, 0.074180 x 3 =
+    # 0.222540, 0.225403 x 2 = 0.450806 for both of the largest.
+    family = {(f["budget"], f["rival"]): f for f in study.frontier_comparisons(frontier)}
+    assert set(family) == {("0.5", "b"), ("0.5", "c"), ("1", "a"), ("1", "c")}
+    assert family[("1", "a")]["anchor"] == "b"
+    assert family[("1", "a")]["p"] == pytest.approx(1 - (6 / 7) ** 0.5)
+    order = (("0.5", "b"), ("0.5", "c"), ("1", "a"), ("1", "c"))
+    assert [family[k]["holm"] for k in order] == pytest.approx(
+        [2 * (1 - 0.6**0.5), 0.0, 3 * (1 - (6 / 7) ** 0.5), 2 * (1 - 0.6**0.5)]
+    )
+    paired = study.frontier_paired_tables(frontier)
+    assert "the 4 comparisons" in paired
+    half, whole = paired.split("| 1x: b minus |")
+    assert "| 0.5x: a minus |" in half
+    rows = {line.split("|")[1].strip(): line for line in half.splitlines() if line.startswith("| ")}
+    assert "| 3 | +2.00 | +2.00 | (+2.00, +2.00) | 0 | 0 |" in rows["c"]  # a - c at 0.5x: no spread
+    rows = {line.split("|")[1].strip(): line for line in whole.splitlines() if line.startswith("| ")}
+    # b - a at 1x: mean 2, median 2, 2 -+ 4.302653 / sqrt 3
+    expected = "| 3 | +2.00 | +2.00 | (-0.48, +4.48) | 0.0742 | 0.2225 | 0: +3.00, 1: +1.00, 2: +2.00 |"
+    assert expected in rows["a"]
+    section = study.frontier_section(frontier, {"reference": "s_a", "reference_epochs": 2,
+                                                "seconds": {"s_a": 5.0}, "timed": True}, "a")  # fmt: skip
+    assert "0.5x = 5 s, 1x = 10 s" in section and "| b at 0.5x | 3 | 1 (seeds 2) | 0 |" in section
+
+
+def test_frontier_figure_draws_each_method_through_its_budgets(tmp_path):
+    frontier = _small_frontier()
+    figure = tmp_path / "frontier.png"
+    drawn = study.plot_frontier(frontier, figure, "t")
+    assert drawn["a"] == [(10.0, 81.0, 1.0), (20.0, 83.0, 1.0)]
+    assert drawn["c"] == [(9.0, 79.0, 1.0), (18.0, 84.0, 2.0)]
+    assert figure.stat().st_size > 10_000 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resumes(tmp_path, monkeypatch):
+    configs = []
+    for name in ("s_vanilla", "s_sage"):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text("epochs: 4\n")
+    out, record = tmp_path / "out", tmp_path / "record"
+    for seed in (0, 1):
+        _fake_val_run(out, "s_vanilla", seed, val=70.0, test=71.0 + seed)
+        _fake_val_run(out, "s_sage", seed, val=72.0, test=73.0 + seed)
+    (out / "_timing").mkdir()
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
+    trained = []
+
+    def fake_run(command, check):
+        folder = Path(command[command.index("--output") + 1])
+        name = command[command.index("--experiment") + 1]
+        epochs = int(command[command.index("--epochs") + 1])
+        trained.append((folder.name, name, epochs))
+        stem, seed = name.rsplit("-seed", 1)
+        _fake_val_run(folder, stem, int(seed), val=60.0 + epochs, test=60.0 + epochs, epochs=epochs)
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    common = [*map(str, configs), "--seeds", "0", "1", "--output", str(out), "--select-on", "val",
+              "--time-steps", "3", "--record", str(record), "--frontier"]  # fmt: skip
+    assert study.run(parser.parse_args([*common, "0.5", "1", "2"])) == 0
+    # budget 4 x 1 s = 4 s: vanilla round(b x 4), sage round(b x 4 / 2); at 1x vanilla's and at 2x sage's
+    # epochs are their own schedule (4): the equal-epoch runs, not trained again. Smallest budget first.
+    assert trained == [
+        ("b0.5", "s_vanilla-seed0", 2), ("b0.5", "s_sage-seed0", 1),
+        ("b0.5", "s_vanilla-seed1", 2), ("b0.5", "s_sage-seed1", 1),
+        ("b1", "s_sage-seed0", 2), ("b1", "s_sage-seed1", 2),
+        ("b2", "s_vanilla-seed0", 8), ("b2", "s_vanilla-seed1", 8),
+    ]  # fmt: skip
+    plan = json.loads((out / "frontier" / "plan.json").read_text())
+    assert plan["epochs"] == {"0.5": {"s_vanilla": 2, "s_sage": 1}, "1": {"s_vanilla": 4, "s_sage": 2},
+                              "2": {"s_vanilla": 8, "s_sage": 4}}  # fmt: skip
+    assert plan["reference"] == "s_vanilla" and plan["timed"]
+    assert plan["schedules"] == {"s_vanilla": 4, "s_sage": 4}
+    assert (record / "frontier" / "plan.json").is_file()
+    assert (record / "frontier" / "b0.5" / "s_sage-seed1" / "summary.json").is_file()
+    assert study.run(parser.parse_args([*common, "0.5", "1", "2"])) == 0 and len(trained) == 8  # all done
+    # a budget added later: only its runs are trained, the plan keeps the others
+    assert study.run(parser.parse_args([*common, "0.5", "1", "2", "4"])) == 0
+    assert trained[8:] == [("b4", "s_vanilla-seed0", 16), ("b4", "s_sage-seed0", 8),
+                           ("b4", "s_vanilla-seed1", 16), ("b4", "s_sage-seed1", 8)]  # fmt: skip
+    # another machine, an empty output folder and the record: every run and the plan restored, none trained
+    there = [*common[:6], str(tmp_path / "there"), *common[7:], "0.5", "1", "2", "4"]
+    assert study.run(parser.parse_args(there)) == 0 and len(trained) == 12
+    assert (tmp_path / "there" / "frontier" / "b4" / "s_sage-seed1" / "summary.json").is_file()
+    # a config added without --time-steps would be planned on another clock: refused
+    extra = tmp_path / "s_cheap.yaml"
+    extra.write_text("epochs: 4\n")
+    _fake_val_run(out, "s_cheap", 0, val=60.0, test=60.0)
+    _fake_val_run(out, "s_cheap", 1, val=60.0, test=60.0)
+    untimed = [*map(str, configs), str(extra), "--seeds", "0", "1", "--output", str(out), "--frontier", "1"]
+    with pytest.raises(ValueError, match="same clock"):
+        study.run(parser.parse_args(untimed))
+    with pytest.raises(ValueError, match="--frontier"):
+        study.run(parser.parse_args([*common, "0"]))
+    # the plan was made on vanilla's schedule: another reference is refused, not silently ignored
+    with pytest.raises(ValueError, match="planned on s_vanilla"):
+        study.run(parser.parse_args([*common, "1", "--budget-reference", "sage"]))
+
+
+def _tiny_config(path, name, extra=""):
+    path.write_text(
+        "dataset: fashion_mnist\ntrain_subset: 64\nval_size: 32\nmodel: preactresnet18_tiny\n"
+        "num_classes: 10\ninput_size: [1, 14, 14]\nepochs: 2\nbatch_size: 16\nvalidation_batch_size: 1000\n"
+        f"lr: 0.05\nworkers: 0\nexperiment: {name}\n{extra}"
+    )
+    return path
+
+
+def test_timm_sage_study_frontier_end_to_end(tmp_path, monkeypatch, capsys):
+    """Two tiny configs trained for real: the frontier's runs have the planned epochs, the reference's
+    own schedule at 1x is its equal-epoch run, and a second invocation trains nothing."""
+    from timm_sage.data.idx import FASHION_MNIST_ROOT
+    from timm_sage.tools.cli import main
+
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("no Fashion-MNIST")
+    vanilla = _tiny_config(tmp_path / "t_vanilla.yaml", "t_vanilla")
+    cutmix = _tiny_config(tmp_path / "t_cutmix.yaml", "t_cutmix", "cutmix: 1.0\n")
+    out = tmp_path / "out"
+    # the clock given (seconds per epoch), so that the plan is known: vanilla 2 epochs x 1 s = 2 s;
+    # 0.5x: vanilla 1 epoch, cutmix 2 (its own schedule); 1x: vanilla 2 (its own), cutmix 4
+    (out / "_timing").mkdir(parents=True)
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"t_vanilla": 1.0, "t_cutmix": 0.5}))
+    report = tmp_path / "r.md"
+    command = ["study", str(vanilla), str(cutmix), "--seeds", "0", "--output", str(out), "--time-steps", "3",
+               "--select-on", "val", "--frontier", "0.5", "1", "--report", str(report),
+               "--frontier-figure", str(tmp_path / "frontier.png")]  # fmt: skip
+    assert main(command) == 0
+
+    def epochs(folder):
+        return len((folder / "metrics.jsonl").read_text().splitlines())
+
+    assert epochs(out / "frontier" / "b0.5" / "t_vanilla-seed0") == 1
+    assert epochs(out / "frontier" / "b1" / "t_cutmix-seed0") == 4
+    assert epochs(out / "t_vanilla-seed0") == 2 and epochs(out / "t_cutmix-seed0") == 2
+    trained = sorted(p.relative_to(out).as_posix() for p in (out / "frontier").glob("b*/*-seed0"))
+    assert trained == ["frontier/b0.5/t_vanilla-seed0", "frontier/b1/t_cutmix-seed0"]
+    text = report.read_text()
+    table = text.split("**Accuracy against training compute**")[1].split("**Best on validation")[0]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.splitlines() if line[:2] == "| "}
+    # per budget: epochs, test, median, seconds on the given clock (epochs x s/epoch), for 0.5x then 1x
+    assert [rows["vanilla"][i].strip() for i in (2, 5, 6, 9)] == ["1", "1", "2", "2"]
+    assert [rows["cutmix"][i].strip() for i in (2, 5, 6, 9)] == ["2", "1", "4", "2"]
+    assert "(1)" in rows["cutmix"][7]  # one run at 1x
+    assert "| 1x | " in text and (tmp_path / "frontier.png").is_file()
+    assert "No comparison: no two methods share two finished seeds" in text  # one seed: nothing paired
+    capsys.readouterr()
+
+    def no_training(command, check):
+        raise AssertionError(f"trained again: {command}")
+
+    monkeypatch.setattr(study.subprocess, "run", no_training)
+    assert main(command) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+
+
+def test_a_config_added_to_a_frontier_is_planned_on_the_stored_scale(tmp_path, monkeypatch):
+    configs = {}
+    for name in ("s_vanilla", "s_sage", "s_cheap"):
+        configs[name] = tmp_path / f"{name}.yaml"
+        configs[name].write_text("epochs: 4\n")
+        _fake_val_run(tmp_path / "out", name, 0, val=70.0, test=71.0)
+    out = tmp_path / "out"
+    (out / "_timing").mkdir()
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
+    monkeypatch.setattr(study.subprocess, "run", lambda command, check: None)  # nothing finishes: plan only
+    # the machine is twice as fast now: s_cheap 0.25 s beside vanilla's 0.5 s -> 0.5 s on the stored scale
+    monkeypatch.setattr(study, "time_epochs", lambda paths, *_: {"s_vanilla": 0.5, "s_cheap": 0.25})
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    first = [str(configs["s_vanilla"]), str(configs["s_sage"]), "--seeds", "0", "--output", str(out),
+             "--time-steps", "3", "--frontier", "0.5", "2"]  # fmt: skip
+    assert study.run(parser.parse_args(first)) == 0
+    plan = json.loads((out / "frontier" / "plan.json").read_text())
+    assert plan["epochs"] == {"0.5": {"s_vanilla": 2, "s_sage": 1}, "2": {"s_vanilla": 8, "s_sage": 4}}
+    assert study.run(parser.parse_args([*first[:2], str(configs["s_cheap"]), *first[2:]])) == 0
+    plan = json.loads((out / "frontier" / "plan.json").read_text())
+    # s_cheap at 0.5 s per epoch: round(0.5 x 4 / 0.5) = 4 (its own schedule), round(2 x 4 / 0.5) = 16
+    assert plan["epochs"] == {"0.5": {"s_vanilla": 2, "s_sage": 1, "s_cheap": 4},
+                              "2": {"s_vanilla": 8, "s_sage": 4, "s_cheap": 16}}  # fmt: skip
+    assert plan["seconds"] == {"s_vanilla": 1.0, "s_sage": 2.0, "s_cheap": 0.5}

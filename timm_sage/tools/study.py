@@ -558,6 +558,261 @@ def trained_results(full: dict[str, list[dict]], shortened: dict[str, list[dict]
     return {method: shortened.get(method, runs) for method, runs in full.items()}
 
 
+def budget_label(budget: float) -> str:
+    """``0.5`` -> ``"0.5"``, ``2.0`` -> ``"2"``: a budget's name in the plan, its folder (``b<label>``) and
+    the report."""
+    return f"{budget:g}"
+
+
+def frontier_epochs(
+    seconds: dict[str, float], reference: str, reference_epochs: int, budgets: list[float]
+) -> dict[str, dict[str, int]]:
+    """The accuracy-against-compute frontier's schedules: for each budget ``b`` (a multiple of
+    ``reference``'s whole-schedule training time, ``reference_epochs`` epochs of ``seconds[reference]``)
+    and each config stem, the epochs of its own schedule that take that time,
+    ``max(1, round(b * E_ref * t_ref / t))``, rounded half up. Returns {budget label: {stem: epochs}}."""
+    if reference not in seconds:
+        raise ValueError(f"budget reference {reference!r} has no epoch time (configs: {sorted(seconds)})")
+    for budget in budgets:
+        if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+            raise ValueError(f"--frontier budgets must be positive numbers, got {budget!r}")
+    for stem, value in seconds.items():
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"seconds per epoch of {stem!r} must be positive, got {value!r}")
+    total = reference_epochs * seconds[reference]
+    return {
+        budget_label(budget): {
+            stem: max(1, math.floor(budget * total / value + 0.5)) for stem, value in seconds.items()
+        }
+        for budget in budgets
+    }
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values, in their order: the i-th smallest becomes
+    ``max over j <= i of min(1, (m - j + 1) * p_(j))`` (m the family's size), so that rejecting every
+    adjusted p below alpha keeps the family-wise error rate at alpha.
+    ``[0.01, 0.04, 0.03]`` -> ``[0.03, 0.06, 0.06]``."""
+    for value in pvalues:
+        if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+            raise ValueError(f"p-values must lie in [0, 1], got {value!r}")
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [0.0] * len(pvalues)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def _scipy_stats():
+    try:
+        from scipy import stats
+    except ImportError as error:  # pragma: no cover - scipy comes with the test extra
+        raise ImportError(
+            "the frontier's paired t-tests need scipy: pip install scipy (or pip install 'timm-sage[test]')"
+        ) from error
+    return stats
+
+
+def paired_test(anchor: list[dict], rival: list[dict], key: str = "final_top1") -> dict | None:
+    """``anchor`` minus ``rival`` seed by seed on ``key``, over the seeds both have, with the paired
+    t-test: {"seeds", "diffs", "mean", "median", "low", "high", "p"}; ``low``/``high`` the 95 % t interval
+    ``mean ± t(0.975, n - 1) · sd / √n`` and ``p`` the two-sided p-value of the mean difference being
+    zero (scipy's Student t). Differences that are all equal have no spread: p is 0 when they are not
+    zero and 1 when they are (the limits of the test), never NaN. None with fewer than two seeds."""
+    stats = _scipy_stats()
+    theirs = {r["seed"]: r[key] for r in rival}
+    pairs = sorted((r["seed"], r[key] - theirs[r["seed"]]) for r in anchor if r["seed"] in theirs)
+    if len(pairs) < 2:
+        return None
+    diffs = [d for _, d in pairs]
+    count = len(diffs)
+    mean, spread = _mean_std(diffs)
+    error = spread / count**0.5
+    half = float(stats.t.ppf(0.975, count - 1)) * error
+    if error > 0:
+        p = float(2 * stats.t.sf(abs(mean) / error, count - 1))
+    else:
+        p = 0.0 if mean != 0 else 1.0
+    return {
+        "seeds": [s for s, _ in pairs],
+        "diffs": diffs,
+        "mean": mean,
+        "median": statistics.median(diffs),
+        "low": mean - half,
+        "high": mean + half,
+        "p": p,
+    }
+
+
+def frontier_best(results: dict[str, list[dict]]) -> tuple[str, str] | None:
+    """The method a user would pick at one budget: the best mean final validation top-1 (the best mean
+    test top-1 when the runs have no validation split, said in the second item: "val" or "test"). None
+    without runs."""
+    results = {method: runs for method, runs in results.items() if runs}
+    if not results:
+        return None
+    key, on = ("final_val_top1", "val") if _has_validation(results) else ("final_top1", "test")
+    best = max(results, key=lambda m: statistics.mean(r[key] for r in results[m]))
+    return best, on
+
+
+def _sorted_budgets(frontier: dict[str, dict[str, list[dict]]]) -> list[str]:
+    return sorted(frontier, key=float)
+
+
+def frontier_table(frontier: dict[str, dict[str, list[dict]]]) -> str:
+    """One row per method, one group of columns per budget ({budget label: {method: runs}}): epochs
+    trained, test top-1 mean ± sample std (runs), median, and mean training seconds per run; "n/a" where
+    a method has no finished run at a budget."""
+    budgets = _sorted_budgets(frontier)
+    methods = list(dict.fromkeys(m for label in budgets for m in frontier[label]))
+    head = "| method |" + "".join(
+        f" {b}x epochs | {b}x test top-1 (runs) | {b}x median | {b}x train s |" for b in budgets
+    )
+    lines = [head, "|---|" + "---:|---:|---:|---:|" * len(budgets)]
+    for method in methods:
+        cells = []
+        for label in budgets:
+            runs = frontier[label].get(method, [])
+            if not runs:
+                cells.append(" n/a | n/a | n/a | n/a |")
+                continue
+            tests = [r["final_top1"] for r in runs]
+            mean, spread = _mean_std(tests)
+            epochs = round(statistics.mean(r["epochs"] for r in runs))
+            seconds = statistics.mean(r["train_s"] for r in runs)
+            cells.append(
+                f" {epochs} | {mean:.2f} ± {spread:.2f} ({len(runs)}) | {statistics.median(tests):.2f} "
+                f"| {seconds:.0f} |"
+            )
+        lines.append(f"| {method} |" + "".join(cells))
+    return "\n".join(lines)
+
+
+def frontier_best_table(frontier: dict[str, dict[str, list[dict]]]) -> str:
+    """Per budget: the method best on validation (:func:`frontier_best`), its validation and test top-1
+    (mean ± std, median) and the runs it has."""
+    lines = [
+        "| budget | best on validation | runs | val top-1 mean | test top-1 mean ± std | test median |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for label in _sorted_budgets(frontier):
+        chosen = frontier_best(frontier[label])
+        if chosen is None:
+            lines.append(f"| {label}x | no finished runs | 0 | n/a | n/a | n/a |")
+            continue
+        best, on = chosen
+        runs = frontier[label][best]
+        tests = [r["final_top1"] for r in runs]
+        mean, spread = _mean_std(tests)
+        val = statistics.mean(r["final_val_top1"] for r in runs) if on == "val" else None
+        name = best if on == "val" else f"{best} (no validation split: chosen on test)"
+        val_cell = f"{val:.2f}" if val is not None else "n/a"
+        lines.append(
+            f"| {label}x | {name} | {len(runs)} | {val_cell} | {mean:.2f} ± {spread:.2f} "
+            f"| {statistics.median(tests):.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def frontier_comparisons(frontier: dict[str, dict[str, list[dict]]]) -> list[dict]:
+    """The family of comparisons of the frontier: at each budget, the method best on validation minus
+    each other method, paired by seed on test top-1 (:func:`paired_test`), with ``holm`` the p-value
+    adjusted by :func:`holm` over the whole family (every budget, every rival). Each item: ``budget``,
+    ``anchor``, ``rival`` and :func:`paired_test`'s keys."""
+    family = []
+    for label in _sorted_budgets(frontier):
+        chosen = frontier_best(frontier[label])
+        if chosen is None:
+            continue
+        anchor = chosen[0]
+        for rival, runs in frontier[label].items():
+            if rival == anchor or not runs:
+                continue
+            test = paired_test(frontier[label][anchor], runs)
+            if test is not None:
+                family.append({"budget": label, "anchor": anchor, "rival": rival, **test})
+    for item, adjusted in zip(family, holm([item["p"] for item in family]), strict=True):
+        item["holm"] = adjusted
+    return family
+
+
+def _p_cell(p: float) -> str:
+    """Four decimals; small p-values in scientific notation (an exact 0, from no spread, as 0)."""
+    return "0" if p == 0 else f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+
+
+def frontier_paired_tables(frontier: dict[str, dict[str, list[dict]]]) -> str:
+    """One table per budget of :func:`frontier_comparisons`: the best-on-validation method minus each
+    other method, paired by seed: mean and median difference of test top-1, the 95 % t interval, the
+    paired t-test's p-value and the Holm-adjusted p-value over the family of all the budgets'
+    comparisons. Empty when no comparison has two shared seeds."""
+    family = frontier_comparisons(frontier)
+    if not family:
+        return ""
+    parts = [
+        f"Family for Holm's correction: the {len(family)} comparisons below (at every budget, the method "
+        "best on validation minus each other method with at least two shared seeds); test top-1 points; "
+        "interval: mean ± t(0.975, n-1) · sd / √n; p: two-sided paired t-test."
+    ]
+    for label in _sorted_budgets(frontier):
+        rows = [item for item in family if item["budget"] == label]
+        if not rows:
+            continue
+        lines = [
+            f"| {label}x: {rows[0]['anchor']} minus | seeds | mean diff | median diff | 95 % interval "
+            "| p (paired t) | Holm p | per seed |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for item in rows:
+            seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(item["seeds"], item["diffs"], strict=True))
+            lines.append(
+                f"| {item['rival']} | {len(item['diffs'])} | {item['mean']:+.2f} | {item['median']:+.2f} "
+                f"| ({item['low']:+.2f}, {item['high']:+.2f}) | {_p_cell(item['p'])} "
+                f"| {_p_cell(item['holm'])} | {seeds} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def frontier_section(frontier: dict[str, dict[str, list[dict]]], plan: dict, reference_method: str) -> str:
+    """The report's frontier part: the plan's budgets in seconds, :func:`frontier_table`,
+    :func:`frontier_best_table`, :func:`frontier_paired_tables` and a :func:`stall_table` with a row per
+    method and budget."""
+    reference_total = plan["reference_epochs"] * plan["seconds"][plan["reference"]]
+    budgets = ", ".join(
+        f"{label}x = {float(label) * reference_total:.0f} s" for label in _sorted_budgets(frontier)
+    )
+    clock = "measured with the configs taken in turn" if plan.get("timed") else "from the study's own runs"
+    text = (
+        f"**Accuracy against training compute** (budgets: multiples of {reference_method}'s whole schedule, "
+        f"{plan['reference_epochs']} epochs; {budgets}; seconds per epoch {clock}). Each method trains its "
+        "own schedule over max(1, round(budget / its seconds per epoch)) epochs, to completion; where that "
+        "is its own schedule, the equal-epoch run is the point. Test top-1 of the final weights; training "
+        "seconds per run (evaluation excluded).\n\n" + frontier_table(frontier)
+    )
+    text += "\n\n**Best on validation at each budget**\n\n" + frontier_best_table(frontier)
+    paired = frontier_paired_tables(frontier)
+    text += "\n\n**Paired by seed at each budget**\n\n" + (
+        paired or "No comparison: no two methods share two finished seeds at a budget."
+    )
+    # One stall table for the whole frontier: a row per method and budget.
+    rows = {
+        f"{method} at {label}x": runs
+        for label in _sorted_budgets(frontier)
+        for method, runs in frontier[label].items()
+        if runs
+    }
+    if rows:
+        text += (
+            f"\n\n**Stalls at each budget** (runs still at chance after epoch {STALL_EPOCH}; diverged runs)"
+            "\n\n" + stall_table(rows)
+        )
+    return text
+
+
 def plot_curves(
     results: dict[str, list[dict]], path: Path, title: str = "Fashion-MNIST", metric: str = "test"
 ) -> None:
@@ -641,6 +896,65 @@ def plot_cost_accuracy(
                  title=f"{title}\nfinal accuracy against training cost (numbers: epochs)")  # fmt: skip
         axes.grid(alpha=0.3)
     panels[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    save_figure_atomic(figure, path)
+    plt.close(figure)
+    return drawn
+
+
+def plot_frontier(
+    frontier: dict[str, dict[str, list[dict]]], path: Path, title: str = "Fashion-MNIST"
+) -> dict[str, list[tuple[float, float, float]]]:
+    """The frontier ({budget label: {method: runs}}): each method's test top-1 (mean over seeds, bar: one
+    sample std; each seed a faint point at its own training seconds) against its mean training seconds
+    per run, one line per method through its budgets in order of cost, each point labelled with its
+    budget; the x axis in powers of two.
+
+    Returns what was drawn: {method: [(mean seconds, mean test top-1, std)]} in order of cost."""
+    from timm_sage.tools.plots import _pyplot, save_figure_atomic
+
+    plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
+    figure, axes = plt.subplots(figsize=(7.6, 5.0))
+    markers = "osD^v<>pP*X"
+    methods = list(dict.fromkeys(m for label in _sorted_budgets(frontier) for m in frontier[label]))
+    drawn: dict[str, list[tuple[float, float, float]]] = {}
+    for index, method in enumerate(methods):
+        colour = f"C{index % 10}"
+        points = []
+        for label in _sorted_budgets(frontier):
+            runs = frontier[label].get(method, [])
+            if not runs:
+                continue
+            mean, spread = _mean_std([r["final_top1"] for r in runs])
+            points.append((statistics.mean(r["train_s"] for r in runs), mean, spread, label, runs))
+        points.sort(key=lambda point: point[0])
+        if not points:
+            continue
+        drawn[method] = [(x, mean, spread) for x, mean, spread, _, _ in points]
+        axes.errorbar(
+            [p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], label=method,
+            marker=markers[index % len(markers)], color=colour, capsize=3, markersize=5,
+            linestyle="-" if index < 10 else "--",
+        )  # fmt: skip
+        for *_, runs in points:
+            axes.scatter(
+                [r["train_s"] for r in runs], [r["final_top1"] for r in runs], s=12, color=colour,
+                alpha=0.35, linewidths=0,
+            )  # fmt: skip
+        for x, mean, _, label, _ in points:
+            axes.annotate(f"{label}x", (x, mean), fontsize=6, xytext=(4, 3), textcoords="offset points",
+                          color=colour)  # fmt: skip
+    axes.set_xscale("log", base=2)
+    # Seconds written out (128, 256, ...), not as powers of two.
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes.set(
+        xlabel="training seconds per run (log2; mean over seeds)", ylabel="test top-1 (%)",
+        title=f"{title}\ntest top-1 against training compute (labels: budget; faint: each seed)",
+    )  # fmt: skip
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=7)
     figure.tight_layout()
     save_figure_atomic(figure, path)
     plt.close(figure)
@@ -751,7 +1065,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "reference trains its own schedule over the epochs that fit in the reference's time (runs under "
         "OUTPUT/budget; the plan is kept in OUTPUT/budget/plan.json)",
     )  # fmt: skip
-    parser.add_argument("--replan", action="store_true", help="with --equal-time: recompute plan.json")
+    parser.add_argument(
+        "--replan", action="store_true",
+        help="with --equal-time, --extend-to or --frontier: recompute their plan.json",
+    )  # fmt: skip
     parser.add_argument(
         "--record", type=Path, default=None, metavar="DIR",
         help="keep each finished run's summary, metrics and args, and the plans, under DIR (small files, to "
@@ -765,6 +1082,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extend", nargs="+", default=None, metavar="METHOD",
         help="with --extend-to: the cheaper methods to give its time (default: every method that costs less)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frontier", nargs="+", type=float, default=None, metavar="B",
+        help="accuracy against training compute: every method trains its own schedule over the epochs that "
+        "take B times the --budget-reference method's whole-schedule time, for each B (e.g. 0.5 1 2 4), "
+        "smallest first; runs under OUTPUT/frontier/bB, the plan in OUTPUT/frontier/plan.json; a method "
+        "whose epochs are its own schedule reuses its equal-epoch run. The report gains the frontier "
+        "table, the best method on validation per budget, paired t-tests with Holm's correction and stalls",
+    )  # fmt: skip
+    parser.add_argument(
+        "--frontier-figure", type=Path, default=None, metavar="PNG",
+        help="with --frontier: PNG of test top-1 against training seconds, one line per method through "
+        "its budgets",
     )  # fmt: skip
     parser.add_argument(
         "--paired", default=None, metavar="METHOD",
@@ -942,6 +1272,107 @@ def _extension_plan(
     return plan
 
 
+def _frontier_plan(
+    args: argparse.Namespace, folders: list[Path], epoch_seconds: dict[str, float] | None, extra: list[str]
+) -> dict:
+    """The --frontier schedules, written once to ``output/frontier/plan.json`` and reused after (so that a
+    resumed study trains the same epochs): {"timed", "reference", "reference_epochs", "seconds": {stem:
+    s/epoch}, "schedules": {stem: its own epochs}, "epochs": {budget label: {stem: epochs}}}. Configs and
+    budgets added to a planned study are planned on the stored scale; the planned ones keep theirs."""
+    from timm_sage._atomic import atomic_write_text
+    from timm_sage.train.config import load_config
+
+    path = args.output / "frontier" / "plan.json"
+    seconds = epoch_seconds or _stem_epoch_seconds(folders)
+    by_stem = {c.stem: c for c in args.configs}
+    labels = [budget_label(b) for b in args.frontier]
+    if path.is_file() and not args.replan:
+        plan = json.loads(path.read_text())
+        asked = _reference_stem(args)
+        if asked is not None and asked != plan["reference"]:
+            raise ValueError(
+                f"--budget-reference {args.budget_reference!r}: {path} was planned on {plan['reference']}'s "
+                "schedule; name that method, or --replan"
+            )
+        changed = False
+        added = {stem: sec for stem, sec in seconds.items() if stem not in plan["seconds"]}
+        if added and (epoch_seconds is not None) != plan.get("timed", False):
+            clock = "--time-steps" if plan.get("timed") else "the runs' own epoch times (no --time-steps)"
+            raise ValueError(
+                f"--frontier: {', '.join(sorted(added))} not in {path}, which was planned with {clock}; "
+                "plan them on the same clock (or --replan)"
+            )  # never mix the two clocks
+        if added:
+            reference = plan["reference"]
+            plan["seconds"] |= added
+            plan["schedules"] |= {stem: load_config(by_stem[stem], extra).epochs for stem in added}
+            planned = frontier_epochs(
+                {reference: plan["seconds"][reference], **added}, reference, plan["reference_epochs"],
+                [float(label) for label in plan["epochs"]],
+            )  # fmt: skip
+            for label, epochs in planned.items():
+                plan["epochs"][label] |= {stem: epochs[stem] for stem in added}
+            changed = True
+        new = [label for label in labels if label not in plan["epochs"]]
+        if new:
+            plan["epochs"] |= frontier_epochs(
+                plan["seconds"], plan["reference"], plan["reference_epochs"], [float(x) for x in new]
+            )
+            changed = True
+        if changed:
+            atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+        return plan
+    reference = _reference_stem(args)
+    if reference is None or reference not in seconds:
+        raise ValueError(f"--budget-reference {args.budget_reference!r} has no finished runs to time")
+    reference_epochs = load_config(by_stem[reference], extra).epochs
+    plan = {
+        "timed": epoch_seconds is not None,
+        "reference": reference,
+        "reference_epochs": reference_epochs,
+        "seconds": seconds,
+        "schedules": {stem: load_config(by_stem[stem], extra).epochs for stem in seconds},
+        "epochs": frontier_epochs(seconds, reference, reference_epochs, args.frontier),
+    }
+    atomic_write_text(path, json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
+def _frontier_runs(
+    args: argparse.Namespace,
+    extra: list[str],
+    plan: dict,
+    names: dict[str, str],
+) -> dict[str, dict[str, list[dict]]]:
+    """Train (unless --report-only) the --frontier budgets, smallest first (a study stopped early has its
+    low budgets complete), each under ``OUTPUT/frontier/b<label>`` (``RECORD/frontier/b<label>``); a
+    (budget, config) whose epochs are the config's own schedule is the equal-epoch run, not trained
+    again. Returns {budget label: {method: finished runs}}, their training seconds on the plan's clock
+    (its measured seconds per epoch when it was timed, else each run's own median epoch time)."""
+    clock = plan["seconds"] if plan.get("timed") else None  # the budgets' clock, whatever this call's flags
+    frontier = {}
+    for budget in sorted(set(args.frontier)):
+        label = budget_label(budget)
+        epochs = plan["epochs"][label]
+        configs = [c for c in args.configs if c.stem in epochs]
+        own = {c.stem for c in configs if epochs[c.stem] == plan["schedules"][c.stem]}
+        folder = args.output / "frontier" / f"b{label}"
+        trained = [c for c in configs if c.stem not in own]
+        if trained and not args.report_only:
+            sync_record(args.output, args.record, "save")
+            run_study(
+                trained, args.seeds, folder, extra, epochs={c.stem: epochs[c.stem] for c in trained},
+                record=args.record / "frontier" / f"b{label}" if args.record else None,
+            )  # fmt: skip
+        folders = [
+            (args.output if c.stem in own else folder) / run_name(c, seed)
+            for c in configs
+            for seed in args.seeds
+        ]
+        frontier[label] = collect(folders, clock, names=names, metric=args.select_on)
+    return frontier
+
+
 def run(args: argparse.Namespace) -> int:
     from timm_sage.train.configs import find_config
 
@@ -950,6 +1381,11 @@ def run(args: argparse.Namespace) -> int:
     extra = override_flags(args.set)
     if args.extend is not None and args.extend_to is None:
         raise ValueError("--extend needs --extend-to")
+    if args.frontier_figure is not None and not args.frontier:
+        raise ValueError("--frontier-figure needs --frontier")
+    for budget in args.frontier or []:
+        if not (math.isfinite(budget) and budget > 0):
+            raise ValueError(f"--frontier budgets must be positive numbers, got {budget!r}")
     restored = sync_record(args.output, args.record, "restore")
     if restored:
         print(f"[study] {restored} files restored from the record {args.record}", flush=True)
@@ -970,6 +1406,12 @@ def run(args: argparse.Namespace) -> int:
     if args.extend_to is not None:
         extension = _extension_plan(args, folders, epoch_seconds)
         extended = _planned_runs(args, extra, "extended", extension["epochs"], names, epoch_seconds)
+    frontier_plan = None
+    frontier: dict[str, dict[str, list[dict]]] = {}
+    if args.frontier:
+        frontier_plan = _frontier_plan(args, folders, epoch_seconds, extra)
+        sync_record(args.output, args.record, "save")  # the plan, even when no budget trains anything
+        frontier = _frontier_runs(args, extra, frontier_plan, names)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
     if not results:
         raise ValueError(f"no finished runs under {args.output}")
@@ -1018,6 +1460,9 @@ def run(args: argparse.Namespace) -> int:
                 "epochs that fit, to completion)\n\n" + trained_budget_table(given, extended, costs, target)
             )
             body += _paired_section(trained_results(given, extended), args.paired, f"at {target}'s time")
+    if frontier_plan is not None:
+        reference = frontier_plan["reference"]
+        body += "\n\n" + frontier_section(frontier, frontier_plan, names.get(reference, reference))
     print(body)
     if args.figure is not None:
         plot_curves(results, args.figure, args.title, metric=args.select_on)
@@ -1033,6 +1478,12 @@ def run(args: argparse.Namespace) -> int:
             os.path.relpath(args.cost_figure, args.report.parent) if args.report else str(args.cost_figure)
         )
         body += f"\n\n![final top-1 against training seconds, every schedule]({cost_link})"
+    if args.frontier_figure is not None:
+        plot_frontier(frontier, args.frontier_figure, args.title)
+        frontier_link = str(args.frontier_figure)
+        if args.report:
+            frontier_link = os.path.relpath(args.frontier_figure, args.report.parent)
+        body += f"\n\n![test top-1 against training seconds at each budget]({frontier_link})"
     if args.report is not None:
         write_between_markers(args.report, body, args.section)
         print(f"wrote {args.report}")
