@@ -32,11 +32,17 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
-# Fashion-MNIST ships as a Debian package; install it where apt is available and it is missing.
+# Fashion-MNIST ships as a Debian package; install it where apt is available and it is missing. So do the
+# wallpapers of the scenes-3 benchmark (scenes_photos: pooled; docs/studies/scenes3/PHOTOGRAPHS.md).
+WALLPAPERS := plasma-workspace-wallpapers mate-backgrounds ukui-wallpapers
 data:
 	@if [ -z "$(DATA_DIR)" ] && [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
 		echo "could not install dataset-fashion-mnist; make run DATA_DIR=FOLDER (Fashion-MNIST's *-idx?-ubyte.gz)"; \
+	fi
+	@if [ ! -d /usr/share/wallpapers/Kite ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && apt-get install -y -qq $(WALLPAPERS)) || \
+		echo "could not install $(WALLPAPERS): the scenes-3 benchmark and its tests need them"; \
 	fi
 
 # Each run gets its own folder: a second run goes to output/train/fashion_mnist_sage-1, and so on.
