@@ -18,7 +18,7 @@ partners and their cached saliency (:class:`timm_sage.data.cache.SaliencyCache`)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ class SageMix(ImageOnlyTransform):
         alpha: float = Field(gt=0)
         upper_lambda: float
         rand_pos: float
-        search_size: int | None = None
+        search_size: int | Literal["auto"] | None = None
         rearrangement: str
         metadata_key: str
         label_key: str
@@ -70,7 +70,7 @@ class SageMix(ImageOnlyTransform):
         alpha: float = 1.0,
         upper_lambda: float = _D.upper_lambda,
         rand_pos: float = _D.rand_pos,
-        search_size: int | None = _D.search_size,
+        search_size: int | str | None = _D.search_size,
         rearrangement: str = _D.rearrangement,
         metadata_key: str = "sage_metadata",
         label_key: str = "label",

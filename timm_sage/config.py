@@ -32,6 +32,7 @@ __all__ = [
     "SEED_HELP",
     "OptionInfo",
     "SageConfig",
+    "SearchSize",
     "add_option_arguments",
     "config_from_args",
     "option_help",
@@ -48,8 +49,10 @@ SALIENCY_COMPILES = ("follow", "eager")
 
 # Where a default comes from: "reference", the authors' code (its argparse default, or what it always
 # does when it has no such option); "recipe", the value the paper's CIFAR recipes pass, where the
-# reference code's own default differs.
-DEFAULT_ORIGINS = ("reference", "recipe")
+# reference code's own default differs; "departure", ours, a named departure from the reference code
+# (docs/algorithm.md, "Where we depart from the reference code") whose field's ``reference`` says when
+# it gives the reference code's behaviour.
+DEFAULT_ORIGINS = ("reference", "recipe", "departure")
 
 # sage_seed is an option of the entry points (the mixer's seed), not of SageConfig; its default differs
 # between them (timm_sage.plugin.SEED_DEFAULT, timm_sage.train.config.SAGE_SEED_DEFAULT).
@@ -85,6 +88,31 @@ PRESET_HELP = (
         for name, values in SAGE_PRESETS.items()
     )
 )
+
+
+class _SearchSizeMeta(type):
+    def __instancecheck__(cls, value: Any) -> bool:
+        if value is None or value in ("auto", "none"):
+            return True
+        return isinstance(value, int) and not isinstance(value, bool)
+
+
+class SearchSize(metaclass=_SearchSizeMeta):
+    """The kind of ``search_size`` on a command line or in YAML: ``"auto"``, ``"none"`` (the exact search;
+    SageConfig reads it as None, which the entry points take for "not given") or an int.
+    ``SearchSize("56")`` is 56; ``isinstance(v, SearchSize)`` holds for the values SageConfig takes (its
+    own check names the option on a bad one)."""
+
+    def __new__(cls, value: Any) -> Any:  # type: ignore[misc]
+        if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        text = str(value).strip().lower()
+        if text in ("auto", "none"):
+            return text
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected 'auto', 'none' or an int, got {value!r}") from None
 
 
 def _option(
@@ -138,9 +166,11 @@ class SageConfig:
         origin="reference", reference="--update_ratio 1.0", paper="weight r of the mixed loss",
         recipes="0.7 PreActResNet18, 0.5 WRN16-8 and ResNeXt29-4-24",
     )  # fmt: skip
-    search_size: int | None = _option(
-        None, "search on saliency maps sum-pooled to at most this side; None: the exact search", kind=int,
-        origin="reference", reference="no option, always the exact search",
+    search_size: int | str | None = _option(
+        "auto", "search on saliency maps sum-pooled to at most this side; auto: exact up to 48 x 48 pixels, "
+        "pooled above so that the search stays a small share of a step (224 x 224: 75 x 75); None (none "
+        "on a command line or in YAML): the exact search", kind=SearchSize,
+        origin="departure", reference="no option, always the exact search (auto is the same up to 48 x 48)",
     )  # fmt: skip
     saliency_loss: str = _option(
         "bce_softmax",
@@ -209,8 +239,9 @@ class SageConfig:
         set_(self, "upper_lambda", checks.check_fraction("upper_lambda", self.upper_lambda))
         set_(self, "rand_pos", checks.check_fraction("rand_pos", self.rand_pos, open_low=True))
         set_(self, "update_ratio", checks.check_fraction("update_ratio", self.update_ratio, open_low=True))
-        if self.search_size is not None:
-            checks.check_positive_int("search_size", self.search_size)
+        if self.search_size == "none":  # the flags' and YAML's spelling of the exact search
+            set_(self, "search_size", None)
+        checks.check_search_size("search_size", self.search_size)
         checks.check_choice("saliency_loss", self.saliency_loss, SALIENCY_LOSSES)
         checks.check_choice("saliency_reduce", self.saliency_reduce, SALIENCY_REDUCTIONS)
         checks.check_positive_int("blur_kernel", self.blur_kernel)
@@ -336,6 +367,8 @@ class OptionInfo:
         if self.origin == "reference":
             recipes = f"; recipes: {self.recipes}" if self.recipes else ""
             return f"the reference code's: {self.reference}{recipes}"
+        if self.origin == "departure":
+            return f"ours, a departure from the reference code: {self.reference}"
         return ""
 
 

@@ -57,7 +57,7 @@ class SageMixOutput(NamedTuple):
     translation: torch.Tensor
 
 
-def _pooled_grid(height: int, width: int, search_size: int | None) -> tuple[int, int, int]:
+def _pooled_grid(height: int, width: int, search_size: int | str | None) -> tuple[int, int, int]:
     factor = _search.pooling_factor(height, width, search_size)
     return factor, math.ceil(height / factor), math.ceil(width / factor)
 
@@ -68,7 +68,7 @@ def sample_translations(
     rand_pos: float,
     *,
     generator: torch.Generator | None = None,
-    search_size: int | None = None,
+    search_size: int | str | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """Draw candidate translations without replacement, shared by every image of a batch.
@@ -85,8 +85,7 @@ def sample_translations(
     _checks.check_positive_int("width", width)
     _checks.check_fraction("rand_pos", rand_pos, open_low=True)
     _checks.check_generator("generator", generator)
-    if search_size is not None:
-        _checks.check_positive_int("search_size", search_size)
+    _checks.check_search_size("search_size", search_size)
     factor, grid_height, grid_width = _pooled_grid(height, width, search_size)
     span_y, span_x = 2 * grid_height - 1, 2 * grid_width - 1
     count = max(1, math.floor(span_y * span_x * rand_pos))
@@ -113,7 +112,7 @@ def sample_sage_params(
     upper_lambda: float,
     rand_pos: float,
     generator: torch.Generator,
-    search_size: int | None = None,
+    search_size: int | str | None = None,
     rng: np.random.Generator | None = None,
     rearrangement: str = "search",
     clean_share: float = 0.0,
@@ -237,7 +236,7 @@ def _check_mix_inputs(
     perm: torch.Tensor,
     prior: float | torch.Tensor,
     translations: torch.Tensor,
-    search_size: int | None,
+    search_size: int | str | None,
     chunk_elements: int | None,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,8 +246,7 @@ def _check_mix_inputs(
     saliency = check_saliency(saliency, x_shape).detach().to(device)
     perm = _checks.check_permutation("perm", perm, batch).to(device)
     translations = _check_translations(translations, height, width, "translations")
-    if search_size is not None:
-        _checks.check_positive_int("search_size", search_size)
+    if _checks.check_search_size("search_size", search_size) is not None:
         # Repeated pooled shifts are dropped here, on the host, so the device never de-duplicates.
         translations = _search.first_of_each_pooled_shift(translations.cpu(), height, width, search_size)
     translations = translations.to(device)
@@ -270,7 +268,7 @@ def plan(
     perm: torch.Tensor,
     prior: float | torch.Tensor,
     translations: torch.Tensor,
-    search_size: int | None = None,
+    search_size: int | str | None = None,
     chunk_elements: int | None = None,
 ) -> SagePlan:
     """The SAGE plan of a batch: best translation, mask and label share per image (no images needed).
@@ -320,7 +318,7 @@ def sage_mix(
     perm: torch.Tensor,
     prior: float | torch.Tensor,
     translations: torch.Tensor,
-    search_size: int | None = None,
+    search_size: int | str | None = None,
     chunk_elements: int | None = None,
 ) -> SageMixOutput:
     """Mix each image with its partner ``x[perm[b]]``, slid to the best of ``translations``.
@@ -332,7 +330,9 @@ def sage_mix(
         prior: anchor share ``alpha``, a float in [0, 1] or a (B,) tensor.
         translations: (K, 2) integer candidate ``(dy, dx)``, ``|dy| < H``, ``|dx| < W``.
         search_size: None for the exact search; an int searches maps sum-pooled to at most that size
-            and keeps the candidate whose pooled shift scores best (mask and lam stay full-resolution).
+            and keeps the candidate whose pooled shift scores best (mask and lam stay full-resolution);
+            ``"auto"`` picks the grid from the image size (exact up to 48 x 48,
+            :func:`timm_sage.core.search.auto_pooling_factor`).
         chunk_elements: memory bound of the batched search kernel (float32 elements per chunk); default
             by device. The CPU's overlap kernel, used for maps of 16,384 elements or more per candidate,
             holds one candidate at a time and ignores it.
@@ -359,7 +359,7 @@ def _sage_mix_core(
     perm: torch.Tensor,
     prior: torch.Tensor,
     translations: torch.Tensor,
-    search_size: int | None,
+    search_size: int | str | None,
     chunk_elements: int | None,
 ) -> SageMixOutput:
     """:func:`sage_mix` on checked inputs: the core's plan, then apply (compilable, no host reads)."""

@@ -37,6 +37,19 @@ def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
+def check_search_size(name: str, value: Any) -> int | str | None:
+    """A search size: None (the exact search), ``"auto"`` (chosen from the image size) or an int >= 1."""
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be 'auto', None or an int >= 1, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be 'auto', None or an int >= 1, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be 'auto', None or an int >= 1, got {value}")
+    return value
+
+
 def check_fraction(
     name: str, value: Any, *, low: float = 0.0, high: float = 1.0, open_low: bool = False
 ) -> float:

@@ -241,10 +241,34 @@ def mixing_mask(anchor: torch.Tensor, shifted_partner: torch.Tensor) -> torch.Te
     return anchor / (anchor + shifted_partner).clamp_min(MASK_EPS)
 
 
-def pooling_factor(height: int, width: int, search_size: int | None) -> int:
-    """Integer factor that brings ``max(height, width)`` down to at most ``search_size``."""
+# search_size="auto": the search's memory traffic per image is about 32 bytes x K candidates x the
+# grid's pixels, with K = rand_pos x (2h-1)(2w-1), about 4 rand_pos x the grid's pixels: it grows as the
+# square of the grid's pixel count, where a model's step grows as the image's pixel count. "auto" keeps
+# grid_pixels^2 <= AUTO_EXACT_SIDE^2 x image_pixels, so the search's share of a step stays at most its
+# share with the exact search on a 48 x 48 image: exact up to 48 x 48 (every CIFAR and Fashion-MNIST size,
+# the reference code's search), pooled above (224 x 224: 75 x 75, an 80x smaller search). docs/algorithm.md,
+# "Where we depart from the reference code".
+AUTO_EXACT_SIDE = 48
+
+
+def auto_pooling_factor(height: int, width: int) -> int:
+    """The smallest integer factor whose sum-pooled grid ``(ceil(H/f), ceil(W/f))`` has at most
+    ``sqrt(AUTO_EXACT_SIDE^2 * H * W)`` pixels: 1 (the exact search) for every image of at most 48 x 48
+    pixels; 2 at 64 x 64 and 128 x 128, 3 at 224 x 224, 4 at 512 x 512."""
+    budget = AUTO_EXACT_SIDE * AUTO_EXACT_SIDE * height * width
+    factor = 1
+    while (math.ceil(height / factor) * math.ceil(width / factor)) ** 2 > budget:
+        factor += 1
+    return factor
+
+
+def pooling_factor(height: int, width: int, search_size: int | str | None) -> int:
+    """Integer factor that brings ``max(height, width)`` down to at most ``search_size``; 1 for None (the
+    exact search); :func:`auto_pooling_factor` for ``"auto"``."""
     if search_size is None:
         return 1
+    if search_size == "auto":
+        return auto_pooling_factor(height, width)
     return max(1, math.ceil(max(height, width) / search_size))
 
 
@@ -266,7 +290,7 @@ def pooled_shifts(translations: torch.Tensor, height: int, width: int, factor: i
 
 
 def first_of_each_pooled_shift(
-    translations: torch.Tensor, height: int, width: int, search_size: int | None
+    translations: torch.Tensor, height: int, width: int, search_size: int | str | None
 ) -> torch.Tensor:
     """Drop the candidates whose pooled shift (:func:`pooled_shifts`) an earlier candidate already has,
     keeping the order: the pooled search then scores each pooled shift once and picks the same
@@ -296,7 +320,7 @@ def best_translation(
     partner: torch.Tensor,
     translations: torch.Tensor,
     *,
-    search_size: int | None = None,
+    search_size: int | str | None = None,
     chunk_elements: int | None = None,
 ) -> torch.Tensor:
     """Index of the best-scoring candidate for each image, the first one on ties.

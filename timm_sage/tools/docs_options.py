@@ -101,6 +101,8 @@ def _algorithm_table(config: type | None) -> str:
         why = (
             f"the paper's recipe value (recipes: {info.recipes})"
             if info.origin == "recipe"
+            else "ours, a departure from the reference code"
+            if info.origin == "departure"
             else "the reference code's" + (f" (recipes: {info.recipes})" if info.recipes else "")
         )
         rows.append(

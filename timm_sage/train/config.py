@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from timm_sage.config import SageConfig, option_infos
+from timm_sage.config import SageConfig, SearchSize, option_infos
 from timm_sage.data.scenes import SceneParams
 
 __all__ = [
@@ -225,6 +225,8 @@ def _coerce(key: str, kind: str, value: Any) -> Any:
             return float(value)
         if kind == "str":
             return str(value)
+        if kind == "SearchSize":
+            return SearchSize(value)
         if kind in ("ints", "floats", "int3"):
             items = value if isinstance(value, (list, tuple)) else [value]
             cast = int if kind in ("ints", "int3") else float
@@ -242,6 +244,7 @@ def _coerce(key: str, kind: str, value: Any) -> Any:
             return dict(value)
     except (TypeError, ValueError):
         expected = {"int3": "three ints (C H W)", "ints": "a list of ints", "floats": "a list of numbers"}
+        expected["SearchSize"] = "auto, none or an int"
         raise ValueError(f"{key}: expected {expected.get(kind, kind)}, got {value!r}") from None
     raise AssertionError(kind)  # pragma: no cover
 
