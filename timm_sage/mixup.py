@@ -27,7 +27,15 @@ from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossW
 from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
 
-__all__ = ["SageMixup", "SageParams", "SageMixRecord", "compiled_wrapper", "saliency_model", "unwrap_model"]
+__all__ = [
+    "CompiledSaliencyPass",
+    "SageMixup",
+    "SageParams",
+    "SageMixRecord",
+    "compiled_wrapper",
+    "saliency_model",
+    "unwrap_model",
+]
 
 MODES = ("batch", "pair", "elem", "half", "sage")
 _D = SAGE_DEFAULTS  # the signature's defaults come from SageConfig, written once there
@@ -109,28 +117,91 @@ def compiled_wrapper(model: nn.Module) -> nn.Module | None:
     return None
 
 
+class _PassForward(nn.Module):
+    """The plain module's forward under a code object of its own: compiled for the saliency pass, its
+    dynamo cache entries (the pass's input size, an input that requires grad, parameters that may not)
+    stay apart from those of the model's own ``forward``, so the training graph is compiled for the
+    training batch only and stays static whatever ``saliency_scale`` / ``saliency_size`` are."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+
+class CompiledSaliencyPass(nn.Module):
+    """What the saliency pass calls when it is compiled: ``compiled`` (a compiled :class:`_PassForward` of
+    ``module``), run eagerly from here. ``input_grad_only`` (the clean term does not come from this pass:
+    ``update_ratio`` 1 or ``clean_term="in_batch"``): the parameters are marked as not requiring grad for
+    the forward, so that AOTAutograd's backward computes the input gradient only (a compiled backward
+    is one opaque function: without this it computes every weight gradient and the pass throws them
+    away), and marked back at once; the autograd graph of the pass keeps what the forward saw.
+
+    ``parameters()``, ``modules()``, ``train()`` and ``eval()`` are the plain module's (its submodule);
+    ``training`` reads the plain module's mode."""
+
+    def __init__(self, module: nn.Module, compiled: nn.Module, *, input_grad_only: bool) -> None:
+        super().__init__()
+        self.module = module
+        self.__dict__["compiled"] = compiled  # not a submodule: the same parameters, registered once
+        self.input_grad_only = input_grad_only
+
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        return self.__dict__["module"].training if "module" in self.__dict__ else True
+
+    @training.setter
+    def training(self, mode: bool) -> None:  # nn.Module.train() sets it, then sets the plain module's
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "module":
+            return self._modules["module"]
+        if name in ("_orig_mod", "dynamo_ctx"):  # of the compiled pass (its backend and mode)
+            compiled = self.__dict__["compiled"]
+            return compiled._orig_mod.module if name == "_orig_mod" else compiled.dynamo_ctx
+        return super().__getattr__(name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = self.__dict__["compiled"]
+        if not self.input_grad_only or not torch.is_grad_enabled():
+            return compiled(x)
+        frozen = [p for p in self.module.parameters() if p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(False)
+        try:
+            return compiled(x)
+        finally:
+            for param in frozen:
+                param.requires_grad_(True)
+
+
 def saliency_model(
     model: nn.Module, config: SageConfig, compile_options: dict[str, Any] | None = None
 ) -> nn.Module:
     """The module the saliency pass calls: the plain module inside ``model``'s wrappers (never DDP's
     forward, whose reducer must not see the pass), compiled when ``config.saliency_compile`` is "follow"
     and the model is compiled: with the compiler settings of ``model``'s own OptimizedModule (its
-    ``dynamo_ctx``: backend, mode), else with ``torch.compile(plain, **compile_options)`` when given (the
+    ``dynamo_ctx``: backend, mode), else with ``torch.compile(..., **compile_options)`` when given (the
     timm plugin and ``timm-sage train`` pass ``--torchcompile``'s backend and mode: they compile the model
-    after the mixer sees it). The compiled view shares the plain module's parameters and buffers, and
-    dynamo's code cache: the view and the model's forward compile once per distinct guard set
-    (training forward, saliency forward with an input that requires grad)."""
+    after the mixer sees it). Compiled, it is a :class:`CompiledSaliencyPass`: the plain module's
+    parameters and buffers, through a thin module of its own (its own dynamo cache entries: the training
+    graph never sees the pass's input), with weight gradients compiled only when the clean term comes from
+    the pass (``update_ratio < 1`` with ``clean_term="separate_pass"``)."""
     plain = unwrap_model(model)
     if config.saliency_compile == "eager":
         return plain
     compiled = compiled_wrapper(model)
     if compiled is not None:
-        if compiled._orig_mod is plain:
-            return compiled
-        return type(compiled)(plain, compiled.dynamo_ctx)
-    if compile_options:
-        return torch.compile(plain, **compile_options)
-    return plain
+        view = type(compiled)(_PassForward(plain), compiled.dynamo_ctx)
+    elif compile_options:
+        view = torch.compile(_PassForward(plain), **compile_options)
+    else:
+        return plain
+    input_grad_only = config.update_ratio == 1 or config.clean_term == "in_batch"
+    return CompiledSaliencyPass(plain, view, input_grad_only=input_grad_only)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
