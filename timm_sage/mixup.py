@@ -32,7 +32,9 @@ __all__ = [
     "SageMixup",
     "SageParams",
     "SageMixRecord",
+    "check_fixed_input_size",
     "compiled_wrapper",
+    "fixed_input_size",
     "saliency_model",
     "unwrap_model",
 ]
@@ -178,6 +180,42 @@ class CompiledSaliencyPass(nn.Module):
                 param.requires_grad_(True)
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one (height, width) ``model`` accepts, or None when it takes other sizes: a timm patch
+    embedding (ViT, DeiT, MLP-Mixer, ...) built with ``strict_img_size`` (timm's default unless the
+    model is created with ``dynamic_img_size=True``) asserts that the input is exactly its ``img_size``.
+    Read from the modules' attributes, not from a timm version."""
+    for module in model.modules():
+        size = getattr(module, "img_size", None)
+        if getattr(module, "strict_img_size", False) is True and isinstance(size, (tuple, list)):
+            if len(size) == 2 and all(isinstance(side, int) for side in size):
+                return (int(size[0]), int(size[1]))
+    return None
+
+
+def check_fixed_input_size(model: nn.Module, config: SageConfig) -> None:
+    """ValueError naming the fix when a cheap-saliency lever would run ``model`` at a size it refuses: a
+    model with a fixed input size (:func:`fixed_input_size`) with ``saliency_scale < 1``, or with a
+    ``saliency_size`` below its shorter side. At bind time, before timm's ``AssertionError: Input height
+    (16) doesn't match model (32)`` in the first step."""
+    fixed = fixed_input_size(model)
+    if fixed is None:
+        return
+    if config.saliency_scale < 1:
+        lever, off = f"saliency_scale={config.saliency_scale}", "saliency_scale 1"
+    elif config.saliency_size is not None and min(fixed) > config.saliency_size:
+        lever, off = f"saliency_size={config.saliency_size}", "saliency_size None"
+    else:
+        return
+    raise ValueError(
+        f"{lever} runs the saliency pass at a smaller size, but {type(model).__name__} accepts only "
+        f"{fixed[0]}x{fixed[1]} inputs (its patch embedding has a fixed img_size); create the model with "
+        "dynamic_img_size=True (timm.create_model(name, dynamic_img_size=True); timm's train.py: "
+        f"--model-kwargs dynamic_img_size=True), which resamples its position embeddings to the input, "
+        f"or set {off}"
+    )
+
+
 def saliency_model(
     model: nn.Module, config: SageConfig, compile_options: dict[str, Any] | None = None
 ) -> nn.Module:
@@ -191,6 +229,7 @@ def saliency_model(
     graph never sees the pass's input), with weight gradients compiled only when the clean term comes from
     the pass (``update_ratio < 1`` with ``clean_term="separate_pass"``)."""
     plain = unwrap_model(model)
+    check_fixed_input_size(plain, config)
     if config.saliency_compile == "eager":
         return plain
     compiled = compiled_wrapper(model)
