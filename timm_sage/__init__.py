@@ -57,6 +57,9 @@ def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'timm_sage' has no attribute {name!r}")
+    # Before anything imports from timm: one clear ImportError for a timm below the floor (the version
+    # and path of the timm found, and what it lacks), not a missing name deep in timm_sage.
+    importlib.import_module("timm_sage._timm_compat").check_timm()
     importlib.import_module("timm_sage.models")  # registers the CIFAR networks in timm
     value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value  # later lookups skip this function

@@ -19,13 +19,17 @@ import torch
 from timm.data import Mixup
 from torch import nn
 
-from timm_sage import functional
+from timm_sage import _timm_compat, functional
 from timm_sage.config import SAGE_DEFAULTS, SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
 from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
+
+# The plugin and every entry point import this module: a timm below the floor stops here, with one
+# message naming its version and path.
+_timm_compat.check_timm()
 
 __all__ = [
     "CompiledSaliencyPass",
@@ -388,18 +392,21 @@ class SageMixup(Mixup):
             low, high = (_checks.check_fraction("cutmix_minmax", v) for v in cutmix_minmax)
             if not low < high:
                 raise ValueError(f"cutmix_minmax must have min < max, got {tuple(cutmix_minmax)}")
-        super().__init__(
-            mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
-            cutmix_minmax=cutmix_minmax,
-            prob=prob,
-            switch_prob=switch_prob,
-            mode=mode,
-            correct_lam=correct_lam,
-            label_smoothing=label_smoothing,
+        timm_arguments = dict(
+            mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, cutmix_minmax=cutmix_minmax, prob=prob,
+            switch_prob=switch_prob, mode=mode, correct_lam=correct_lam, label_smoothing=label_smoothing,
             num_classes=num_classes,
-            multi_label=multi_label,
-        )
+        )  # fmt: skip
+        if _timm_compat.MIXUP_TAKES_MULTI_LABEL:
+            timm_arguments["multi_label"] = multi_label
+        elif multi_label and mode != "sage":
+            raise ValueError(
+                f"multi_label=True in mode {mode!r} runs timm's own Mixup, and the timm imported here has "
+                f"no multi_label ({_timm_compat.describe_timm()}); use mode='sage' (which mixes multi-label "
+                "targets itself) or a timm whose Mixup takes multi_label (1.0.31 and later)"
+            )
+        super().__init__(**timm_arguments)
+        self.multi_label = bool(multi_label)  # sage mode reads it, whichever timm
         _checks.check_fraction("mixup_alpha", mixup_alpha, high=math.inf)
         _checks.check_fraction("prob", prob)
         _checks.check_fraction("switch_prob", switch_prob)
