@@ -159,3 +159,51 @@ def test_bench_compile_quick_times_compiled_and_eager_steps_against_compiled_van
     assert rows["vanilla compiled"]["ratio"] == 1.0 and all(row["value"] > 0 for row in rows.values())
     assert all(row["baseline"] == "vanilla compiled" and "aot_eager" in row["case"] for row in rows.values())
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    ("model", "flags"),
+    [
+        ("test_resnet", ["--channels-last"]),
+        ("test_vit", ["--amp"]),
+        ("test_resnet", ["--compile", "aot_eager"]),
+    ],
+)
+def test_bench_step_model_at_the_users_scale(tmp_path, capsys, model, flags):
+    """`bench step --model NAME`: the vanilla step, SAGE with the exact and the default search, the cheapest
+    levers and the search alone, in one process, ratios to vanilla; the search's share is printed. A ViT
+    (fixed input size) is built with dynamic_img_size, so the levers run it smaller."""
+    out = tmp_path / "bench.json"
+    argv = ["bench", "step", "--model", model, "--img-size", "64", "--batch-size", "2", "--num-classes", "5",
+            "--repeats", "1", "--warmup", "0", "--json", str(out), *flags]  # fmt: skip
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == [
+        "vanilla",
+        "sage exact search update_ratio=1",
+        "sage default search update_ratio=1",
+        "sage default search saliency_scale=0.5 update_ratio=1",
+        "sage default search saliency_size=16 update_ratio=1",
+        "search alone exact (sage_mix)",
+        "search alone default (sage_mix)",
+    ]
+    for row in rows:
+        assert row["value"] > 0 and row["ratio"] == pytest.approx(row["value"] / rows[0]["value"])
+    # 64 px: the exact search scores floor(127^2 * 0.01) = 161 candidates on the 64 x 64 maps, the default
+    # ("auto": 64^4 > 48^2 * 64^2, so pooled by 2) floor(63^2 * 0.01) = 39 on 32 x 32.
+    by_name = {r["name"]: r["extra"] for r in rows}
+    assert (by_name["search alone exact (sage_mix)"]["search_grid"], by_name["search alone exact (sage_mix)"]
+            ["candidates"]) == (64, 161)  # fmt: skip
+    assert by_name["sage default search update_ratio=1"]["search_grid"] == 32
+    assert by_name["search alone default (sage_mix)"]["candidates"] == 39
+    shares = [line for line in printed.splitlines() if line.startswith("search share")]
+    assert len(shares) == 2 and "64 x 64 grid, K=161" in shares[0] and "32 x 32 grid, K=39" in shares[1]
+    assert re.search(r"= \d+\.\d %", shares[0])
+
+
+def test_bench_model_flags_need_the_step_suite(capsys):
+    assert cli.main(["bench", "mix", "--model", "resnet18"]) == 2
+    assert "--model runs the step suite alone" in capsys.readouterr().err
+    assert cli.main(["bench", "step", "--model", "resnet18", "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err

@@ -25,6 +25,12 @@ from tqdm import tqdm
 
 from timm_sage import functional
 from timm_sage.mixup import SageMixup
+from timm_sage.tools.bench_model import (
+    add_model_arguments,
+    check_model_arguments,
+    model_command,
+    suite_model_step,
+)
 from timm_sage.tools.report import write_between_markers
 from timm_sage.tools.timing import (
     BenchRow,
@@ -744,6 +750,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="name of the --report section (default: bench-<suites>[-cuda][-<N>-threads with --threads])",
     )
+    add_model_arguments(parser)
 
 
 def report_target(args: argparse.Namespace) -> tuple[Path | None, str]:
@@ -769,6 +776,7 @@ def report_command(args: argparse.Namespace) -> str:
     backend = getattr(args, "compile_backend", "inductor")
     command += f" --compile-backend {backend}" if "compile" in args.suites and backend != "inductor" else ""
     command += f" --plot-dir {args.plot_dir}" if args.plot_dir is not None and "scale" in args.suites else ""
+    command += model_command(args)
     command += f" --report {args.report}" if args.report is not None else ""
     command += f" --section {args.section}" if args.section else ""
     return command
@@ -785,6 +793,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     if args.repeats < 1 or args.warmup < 0:
         raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+    check_model_arguments(args)
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -832,4 +841,6 @@ def _run_suite(suite: str, device: torch.device, args: argparse.Namespace) -> li
         return suite_mix(device, args.repeats, args.warmup, args.quick, args.search_only)
     if suite == "compile":
         return suite_compile(device, args.repeats, args.warmup, args.quick, args.compile_backend)
+    if suite == "step" and getattr(args, "model", None) is not None:
+        return suite_model_step(device, args.repeats, args.warmup, args)
     return globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)
