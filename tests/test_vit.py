@@ -75,3 +75,22 @@ def test_a_fixed_size_vit_runs_exact_and_refuses_the_levers_naming_the_fix(updat
             unbound.bind(model)
     # A saliency_size at least the model's side resizes nothing: allowed.
     SageMixup(mode="sage", model=model, num_classes=CLASSES, saliency_size=32)
+
+
+def test_a_lever_size_off_the_patch_grid_names_dynamic_img_pad() -> None:
+    """dynamic_img_size alone takes sizes that are multiples of the patch (8 here); the pass at 12 px is
+    refused at the first call with the fix, and works with dynamic_img_pad=True."""
+    x, y = _batch()
+    model = _vit(dynamic=True)
+    mixer = SageMixup(mode="sage", model=model, num_classes=CLASSES, seed=0, saliency_size=12)
+    fix = r"saliency_size=12 .* at 12x12.*patch size 8x8.*dynamic_img_pad=True"
+    with pytest.raises(ValueError, match=fix):
+        mixer(x, y)
+    torch.manual_seed(0)
+    padded = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=CLASSES,
+        dynamic_img_size=True, dynamic_img_pad=True,
+    )  # fmt: skip
+    mixer = SageMixup(mode="sage", model=padded, num_classes=CLASSES, seed=0, saliency_size=12)
+    images, _ = mixer(x, y)
+    assert bool(mixer.last.mixed) and images.shape == x.shape

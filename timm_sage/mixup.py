@@ -24,6 +24,7 @@ from timm_sage.config import SAGE_DEFAULTS, SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
+from timm_sage.core.saliency import pass_size
 from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
 
@@ -37,8 +38,10 @@ __all__ = [
     "SageParams",
     "SageMixRecord",
     "check_fixed_input_size",
+    "check_pass_size",
     "compiled_wrapper",
     "fixed_input_size",
+    "patch_multiple",
     "saliency_model",
     "unwrap_model",
 ]
@@ -195,6 +198,43 @@ def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
             if len(size) == 2 and all(isinstance(side, int) for side in size):
                 return (int(size[0]), int(size[1]))
     return None
+
+
+def patch_multiple(model: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) multiple that ``model``'s inputs must be, or None: a timm patch embedding that
+    takes other sizes (``dynamic_img_size=True``) but does not pad them (``dynamic_img_pad=False``)
+    asserts that each side is a multiple of its ``patch_size``."""
+    for module in model.modules():
+        patch = getattr(module, "patch_size", None)
+        unpadded = getattr(module, "dynamic_img_pad", None) is False
+        dynamic = getattr(module, "strict_img_size", None) is False
+        if unpadded and dynamic and isinstance(patch, (tuple, list)):
+            if len(patch) == 2 and all(isinstance(side, int) for side in patch):
+                return (int(patch[0]), int(patch[1]))
+    return None
+
+
+def check_pass_size(model: nn.Module, config: SageConfig, height: int, width: int) -> None:
+    """ValueError naming the lever and the fix when the saliency pass would run ``model`` at a size its
+    patch embedding refuses (not a multiple of its patch size, :func:`patch_multiple`), instead of timm's
+    ``AssertionError: Input height (56) should be divisible by patch size (16)`` inside the pass."""
+    multiple = patch_multiple(model)
+    if multiple is None:
+        return
+    small = pass_size(height, width, scale=config.saliency_scale, size=config.saliency_size)
+    if small == (height, width) or (small[0] % multiple[0] == 0 and small[1] % multiple[1] == 0):
+        return
+    lever = (
+        f"saliency_size={config.saliency_size}" if config.saliency_size is not None
+        else f"saliency_scale={config.saliency_scale}"
+    )  # fmt: skip
+    raise ValueError(
+        f"{lever} runs the saliency pass of {height}x{width} images at {small[0]}x{small[1]}, which "
+        f"{type(model).__name__} refuses (not a multiple of its patch size {multiple[0]}x{multiple[1]}); "
+        "create the model with dynamic_img_pad=True as well as dynamic_img_size=True (train.py: "
+        "--model-kwargs dynamic_img_size=True dynamic_img_pad=True), or choose a lever whose size is a "
+        "multiple of the patch size"
+    )
 
 
 def check_fixed_input_size(model: nn.Module, config: SageConfig) -> None:
@@ -474,6 +514,7 @@ class SageMixup(Mixup):
         self.compile_options = dict(compile_options) if compile_options else None
         self.model: nn.Module | None = None
         self.saliency_model: nn.Module | None = None
+        self._pass_size_checked: torch.Size | None = None
         if model is not None:
             self.bind(model)
         self.last: SageMixRecord | None = None
@@ -502,6 +543,7 @@ class SageMixup(Mixup):
         _check_grad_scaler(grad_scaler)
         self.model = unwrap_model(model)
         self.saliency_model = saliency_model(model, self.config, self.compile_options)
+        self._pass_size_checked = None
         return self
 
     @property
@@ -602,6 +644,9 @@ class SageMixup(Mixup):
                 "or pass saliency=... to the call"
             )
         self.config.check_image_size(x.shape[-2], x.shape[-1])
+        if self._pass_size_checked != x.shape[-2:]:  # once per image size: metadata only
+            check_pass_size(self.model, self.config, x.shape[-2], x.shape[-1])
+            self._pass_size_checked = x.shape[-2:]
         dense = self._shaped_target(target, batch)
         if not self._values_checked:
             # The first call checks the values once (labels against num_classes, soft targets), so a

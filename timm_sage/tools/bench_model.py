@@ -6,7 +6,8 @@ default search (``search_size="auto"``); the cheapest levers with the default se
 0.5, ``saliency_size`` a quarter of the side); and the search alone (``sage_mix`` on this batch's
 saliency, exact and default), whose share of the SAGE step is printed. ``--amp`` (bf16 autocast),
 ``--channels-last`` and ``--compile BACKEND`` apply to every row. A model with a fixed input size (timm
-ViTs) is built with ``dynamic_img_size=True`` at ``--img-size``, so that the levers can run it smaller.
+ViTs) is built with ``dynamic_img_size=True`` and ``dynamic_img_pad=True`` at ``--img-size``, so that the
+levers can run it smaller.
 """
 
 from __future__ import annotations
@@ -87,12 +88,14 @@ def check_model_arguments(args: argparse.Namespace) -> None:
 
 def build_model(name: str, size: int, num_classes: int, device: torch.device) -> torch.nn.Module:
     """``timm.create_model(name)``; one that takes a single input size is built again at ``size`` with
-    ``dynamic_img_size=True`` (the levers run it smaller)."""
+    ``dynamic_img_size=True`` and ``dynamic_img_pad=True`` (the levers run it smaller, at any size)."""
     import timm
 
     model = timm.create_model(name, num_classes=num_classes)
     if fixed_input_size(model) is not None:
-        model = timm.create_model(name, num_classes=num_classes, img_size=size, dynamic_img_size=True)
+        model = timm.create_model(
+            name, num_classes=num_classes, img_size=size, dynamic_img_size=True, dynamic_img_pad=True
+        )
     return model.to(device).train()
 
 
