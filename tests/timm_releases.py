@@ -1,0 +1,100 @@
+"""Helpers of the tests that run timm's own train.py (tests/test_timm_releases.py, test_timm_recipes.py):
+the releases laid out by ``.ci/timm_releases.sh`` in the folder ``TIMM_SAGE_TIMM_RELEASES`` names (one
+folder per release: its ``timm`` package and its ``train.py``), a fake ImageFolder, and a probe module
+that train.py imports after the plugin (``--device-modules timm_sage.plugin sage_probe``) to record, at
+exit, what the plugin's mixers did and which timm the run imported."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import timm_sage
+
+ROOT = Path(timm_sage.__file__).resolve().parent.parent
+RELEASES = os.environ.get("TIMM_SAGE_TIMM_RELEASES")
+
+# Imported by train.py after the plugin (--device-modules timm_sage.plugin sage_probe): at exit, what the
+# plugin's mixers did, and which timm the run imported.
+PROBE = '''
+import atexit, json, os, sys
+
+
+def _report():
+    import timm
+    from timm_sage import plugin
+    state = plugin.current_state()
+    mixers = state.mixers if state is not None else []
+    report = {
+        "timm_version": timm.__version__,
+        "timm_file": timm.__file__,
+        "calls": sum(m._calls for m in mixers),
+        "methods": [m.last.method if m.last is not None else None for m in mixers],
+        "mixed": [bool(m.last.mixed) if m.last is not None and m.last.mixed is not None else None
+                  for m in mixers],
+        "bound": [m.model is not None for m in mixers],
+    }
+    with open(os.environ["SAGE_PROBE_OUT"], "w") as f:
+        json.dump(report, f)
+
+
+atexit.register(_report)
+'''
+
+
+def version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def releases() -> list[Path]:
+    if not RELEASES or not Path(RELEASES).is_dir():
+        return []
+    return sorted(
+        (p for p in Path(RELEASES).iterdir() if (p / "timm" / "__init__.py").is_file()),
+        key=lambda p: version_key(p.name),
+    )
+
+
+def release_version(release: Path) -> str:
+    text = (release / "timm" / "version.py").read_text()
+    return re.search(r"__version__\s*=\s*['\"]([^'\"]+)['\"]", text).group(1)
+
+
+def fake_imagefolder(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for index in range(4):
+                pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+def train_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "probe").mkdir(exist_ok=True)
+    (tmp_path / "probe" / "sage_probe.py").write_text(PROBE)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(tmp_path / "probe")]),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        SAGE_PROBE_OUT=str(tmp_path / "probe.json"),
+        PYTHONWARNINGS="ignore",
+    )
+    return env
+
+
+def newest_release_with_train_py(floor: str) -> Path | None:
+    """The newest laid-out release at or above ``floor`` that has its train.py, or None."""
+    usable = [
+        release
+        for release in releases()
+        if (release / "train.py").is_file() and version_key(release_version(release)) >= version_key(floor)
+    ]
+    return usable[-1] if usable else None
