@@ -251,7 +251,7 @@ def train(device, out: Path) -> int:
         "returncode": returncode,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    if real and returncode == 0 and "--mixup-mode sage installed" not in output:
+    if real and returncode == 0 and "timm_sage.plugin: installed for --mixup-mode sage" not in output:
         record["returncode"] = 1  # train.py ran, but without the plugin
     harness = out / "harness.rank0.json"
     if not real and returncode == 0:

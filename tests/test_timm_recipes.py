@@ -80,6 +80,6 @@ def test_one_epoch_of_train_py_with_the_recipe_at_a_reduced_size(path: Path, tmp
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
-    assert "--mixup-mode sage installed" in output
+    assert "timm_sage.plugin: installed for --mixup-mode sage" in output
     report = json.loads((tmp_path / "probe.json").read_text())
     assert report["calls"] == 4 and report["methods"] == ["sage"] and report["mixed"] == [True]
