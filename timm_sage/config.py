@@ -45,6 +45,8 @@ REARRANGEMENTS = ("search", "none", "random")
 SALIENCY_MODES = ("train", "eval")
 CLEAN_TERMS = ("separate_pass", "in_batch")
 SALIENCY_COMPILES = ("follow", "eager")
+SALIENCY_SOURCES = ("gradient", "cam", "features")
+SALIENCY_MODELS = ("live", "ema")
 
 
 # Where a default comes from: "reference", the authors' code (its argparse default, or what it always
@@ -234,6 +236,23 @@ class SageConfig:
         choices=SALIENCY_COMPILES, kind=str, origin="reference", reference="no option, eager PyTorch",
     )  # fmt: skip
 
+    saliency_source: str = _option(
+        "gradient", "where the saliency maps come from: gradient (the paper's: input gradient of the loss, a "
+        "forward and a backward), cam (the label's class activation map: the last feature map weighted by "
+        "the classifier's row for the label, from one no-grad forward) or features (the channel norm of the "
+        "last feature map, class-agnostic, one no-grad forward); cam and features are upsampled to the "
+        "image, then blurred as the gradient maps are (docs/algorithm.md, forward-only saliency)",
+        choices=SALIENCY_SOURCES, kind=str, origin="reference", reference="no option, the input gradient",
+        paper="the gradient of the task loss with respect to the input",
+    )  # fmt: skip
+    saliency_model: str = _option(
+        "live", "which model gives the saliency: live (the model being trained) or ema (an EMA copy the "
+        "user keeps, e.g. timm's ModelEmaV3: SageMixup(ema_model=...), train.py's --model-ema, "
+        "model_ema: true; it runs in the EMA copy's own mode, usually eval)",
+        choices=SALIENCY_MODELS, kind=str, origin="reference", reference="no option, the live model",
+        paper="the current model",
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise int -> float once, here
         set_(self, "upper_lambda", checks.check_fraction("upper_lambda", self.upper_lambda))
@@ -268,6 +287,23 @@ class SageConfig:
                 )
         checks.check_choice("clean_term", self.clean_term, CLEAN_TERMS)
         checks.check_choice("saliency_compile", self.saliency_compile, SALIENCY_COMPILES)
+        checks.check_choice("saliency_source", self.saliency_source, SALIENCY_SOURCES)
+        checks.check_choice("saliency_model", self.saliency_model, SALIENCY_MODELS)
+        if (
+            self.update_ratio < 1
+            and self.clean_term == "separate_pass"
+            and (self.saliency_source != "gradient" or self.saliency_model != "live")
+        ):
+            # The separate_pass clean term is the live model's clean backward, which only the gradient
+            # source of the live model runs; a clean backward of its own would cost what the gradient
+            # saliency costs and undo the saving (docs/algorithm.md, forward-only saliency).
+            raise ValueError(
+                f"clean_term='separate_pass' with update_ratio={self.update_ratio} < 1 takes the clean "
+                "gradient from the live model's saliency backward, and saliency_source="
+                f"{self.saliency_source!r} with saliency_model={self.saliency_model!r} runs none; use "
+                "clean_term='in_batch' (the clean term from unmixed images of the batch), update_ratio 1, "
+                "or saliency_source='gradient' with saliency_model='live'"
+            )
 
     # ------------------------------------------------------------------------------------ helpers
     def check_image_size(self, height: int, width: int) -> None:

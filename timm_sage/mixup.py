@@ -25,6 +25,7 @@ from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
 from timm_sage.core.saliency import pass_size
+from timm_sage.core.feature_saliency import FeatureForward, FeatureHead, read_head
 from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
 
@@ -287,6 +288,24 @@ def saliency_model(
     return CompiledSaliencyPass(plain, view, input_grad_only=input_grad_only)
 
 
+def feature_model(
+    model: nn.Module, config: SageConfig, compile_options: dict[str, Any] | None = None
+) -> nn.Module:
+    """What a forward-only saliency pass calls: ``forward_features`` of the plain module inside ``model``'s
+    wrappers as a module (:class:`~timm_sage.core.feature_saliency.FeatureForward`), compiled by the rule
+    of :func:`saliency_model` (the model's own compiler settings, or ``compile_options``, with
+    ``saliency_compile="follow"``)."""
+    plain = FeatureForward(unwrap_model(model))
+    if config.saliency_compile == "eager":
+        return plain
+    compiled = compiled_wrapper(model)
+    if compiled is not None:
+        return type(compiled)(plain, compiled.dynamo_ctx)
+    if compile_options:
+        return torch.compile(plain, **compile_options)
+    return plain
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain module inside known wrappers, matched by type: DistributedDataParallel and DataParallel
     (``.module``), ``torch.compile``'s OptimizedModule (``._orig_mod``) and timm's ``ModelEma``,
@@ -340,7 +359,7 @@ class SageMixup(Mixup):
     The SAGE options are those of :class:`timm_sage.SageConfig` (``upper_lambda``, ``rand_pos``,
     ``update_ratio``, ``search_size``, ``saliency_loss``, ``saliency_reduce``, ``blur_kernel``,
     ``blur_sigma``, ``saliency_scale``, ``rearrangement``, ``saliency_mode``, ``saliency_size``,
-    ``clean_term``), as keywords or as
+    ``clean_term``, ``saliency_compile``, ``saliency_source``, ``saliency_model``), as keywords or as
     ``config=SageConfig(...)``;
     they are validated here, once, and read back as attributes (``mixer.upper_lambda``).
     ``preset="clutter"`` starts from a named setting of :data:`timm_sage.config.SAGE_PRESETS` instead of
@@ -377,6 +396,10 @@ class SageMixup(Mixup):
             give every rank the same ``coin_seed`` and its own ``seed``: all ranks then take the same
             method at every step (the saliency pass's SyncBatchNorm needs every rank) while partners
             and candidates stay per rank. The timm plugin does this (train.py's ``--seed``).
+        ema_model: the EMA copy of the model that the caller keeps updated (timm's ``ModelEmaV3``), the
+            saliency model of ``saliency_model="ema"`` (required then; bind it with :meth:`bind`'s
+            ``ema_model=`` when the model comes later). Note: :attr:`saliency_model` is the module the
+            saliency pass calls; the option of that name reads as ``mixer.config.saliency_model``.
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
         grad_scaler: deprecated and ignored (a DeprecationWarning): the clean gradient is scaled by the
             caller's own scaled backward.
@@ -418,12 +441,15 @@ class SageMixup(Mixup):
         saliency_size: int | None = _K.saliency_size,
         clean_term: str = _K.clean_term,
         saliency_compile: str = _K.saliency_compile,
+        saliency_source: str = _K.saliency_source,
+        saliency_model: str = _K.saliency_model,
         seed: int | None = None,
         generator: torch.Generator | None = None,
         coin_seed: int | None = None,
         amp_dtype: torch.dtype | None = None,
         grad_scaler: Any = None,
         compile_options: dict[str, Any] | None = None,
+        ema_model: nn.Module | None = None,
     ) -> None:
         _checks.check_choice("mode", mode, MODES)
         if cutmix_minmax is not None:
@@ -461,7 +487,7 @@ class SageMixup(Mixup):
             saliency_loss=saliency_loss, saliency_reduce=saliency_reduce, blur_kernel=blur_kernel,
             blur_sigma=blur_sigma, saliency_scale=saliency_scale, rearrangement=rearrangement,
             saliency_mode=saliency_mode, saliency_size=saliency_size, clean_term=clean_term,
-            saliency_compile=saliency_compile,
+            saliency_compile=saliency_compile, saliency_source=saliency_source, saliency_model=saliency_model,
         )  # fmt: skip
         # The keywords the caller gave (not the signature's marked defaults, not None), and every keyword
         # as a plain value.
@@ -515,8 +541,14 @@ class SageMixup(Mixup):
         self.model: nn.Module | None = None
         self.saliency_model: nn.Module | None = None
         self._pass_size_checked: torch.Size | None = None
+        self.ema_model: nn.Module | None = None
+        self.feature_head: FeatureHead | None = None
         if model is not None:
-            self.bind(model)
+            self.bind(model, ema_model=ema_model)
+        elif ema_model is not None:
+            raise ValueError(
+                "ema_model needs the live model too: pass model=... with it, or bind(model, ema_model=...)"
+            )
         self.last: SageMixRecord | None = None
         self._values_checked = False
         self.loss_weight: float | torch.Tensor = 1.0
@@ -535,14 +567,38 @@ class SageMixup(Mixup):
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # -- binding -------------------------------------------------------------------------------
-    def bind(self, model: nn.Module, *, grad_scaler: Any = None) -> SageMixup:
+    def bind(
+        self, model: nn.Module, *, grad_scaler: Any = None, ema_model: nn.Module | None = None
+    ) -> SageMixup:
         """Bind the live model whose saliency drives mixing (wrappers are stripped); returns self.
-        ``grad_scaler`` is deprecated and ignored (see the class)."""
+        ``grad_scaler`` is deprecated and ignored (see the class).
+
+        ``ema_model``: the EMA copy of the model that the user keeps updated (timm's ``ModelEmaV3``, or
+        its ``.module``), the saliency model of ``saliency_model="ema"`` (required then). With
+        ``saliency_source`` "cam" or "features" the saliency model's head is read here: a model without
+        ``forward_features`` (or, for "cam", a linear classifier after the pool) is a ValueError naming
+        what is missing."""
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if ema_model is not None and not isinstance(ema_model, nn.Module):
+            raise TypeError(
+                f"ema_model must be a torch.nn.Module (timm's ModelEmaV3), got {type(ema_model).__name__}"
+            )
         _check_grad_scaler(grad_scaler)
+        if self.config.saliency_model == "ema" and ema_model is None:
+            raise ValueError(
+                "saliency_model='ema' takes the saliency from the EMA copy of the model: pass it as "
+                "ema_model=... (timm's ModelEmaV3 that your loop updates), or use saliency_model='live'"
+            )
+        source = ema_model if self.config.saliency_model == "ema" else model
+        head = None
+        if self.config.saliency_source != "gradient":
+            features = feature_model(source, self.config, self.compile_options)
+            head = read_head(unwrap_model(source), self.config.saliency_source, features)
         self.model = unwrap_model(model)
-        self.saliency_model = saliency_model(model, self.config, self.compile_options)
+        self.ema_model = unwrap_model(ema_model) if ema_model is not None else None
+        self.saliency_model = saliency_model(source, self.config, self.compile_options)
+        self.feature_head = head
         self._pass_size_checked = None
         return self
 
@@ -660,12 +716,19 @@ class SageMixup(Mixup):
                 and bool((dense > 1).any())
             ):
                 raise ValueError("soft target values must lie in [0, 1] for saliency_loss='bce_softmax'")
+            if self.ema_model is not None and self.config.saliency_model == "ema":
+                device = next((p.device for p in self.ema_model.parameters()), x.device)
+                if device != x.device:
+                    raise ValueError(
+                        f"saliency_model='ema': the EMA copy is on {device} and the batch on {x.device}; "
+                        "keep the EMA on the training device (no model_ema_force_cpu)"
+                    )
             self._values_checked = True
         spare, self._spare_buffer = self._spare_buffer, None
         result = sage_step(
             self.saliency_model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
             label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
-            amp_dtype=self.amp_dtype, clean_buffer=spare,
+            amp_dtype=self.amp_dtype, clean_buffer=spare, head=self.feature_head,
         )  # fmt: skip
         self.skipped_batches = self.skipped_batches + (~result.mixed).long()
         self.loss_weight = result.loss_weight

@@ -25,10 +25,10 @@ from timm_sage import functional
 from timm_sage.config import SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
+from timm_sage.core.feature_saliency import read_head, source_saliency
 from timm_sage.core.mixing import SagePlan
-from timm_sage.core.saliency import compute_saliency
 from timm_sage.core.step import saliency_mode
-from timm_sage.mixup import saliency_model, unwrap_model
+from timm_sage.mixup import feature_model, saliency_model, unwrap_model
 
 __all__ = ["SAGE"]
 
@@ -69,6 +69,11 @@ def _transform_config(config: SageConfig | None, options: dict[str, Any]) -> Sag
         )
     if config.update_ratio != 1.0:
         raise ValueError("update_ratio weights a training loss; a transform has none: leave it at 1")
+    if config.saliency_model != "live":
+        raise ValueError(
+            "saliency_model='ema' is an option of the training mixers (SageMixup, the plugin, timm-sage "
+            "train); a transform takes the saliency of the model it is bound to: bind the EMA copy itself"
+        )
     return config
 
 
@@ -101,7 +106,8 @@ class SAGE(Transform):
         config / **sage_options: the SAGE options, a :class:`timm_sage.SageConfig` or its fields as
             keywords (``upper_lambda``, ``rand_pos``, ``search_size``, ``saliency_loss``,
             ``saliency_reduce``, ``blur_kernel``, ``blur_sigma``, ``saliency_scale``,
-            ``saliency_size``, ``rearrangement``). ``update_ratio`` belongs to training and must stay 1 here.
+            ``saliency_size``, ``rearrangement``, ``saliency_source``). ``update_ratio`` belongs to
+            training and must stay 1 here; ``saliency_model`` stays "live" (bind an EMA copy itself).
 
     A non-finite saliency pass of the bound model leaves the batch unmixed (mask 1, lam 1), decided on
     the device; :attr:`skipped_batches` counts such batches.
@@ -149,6 +155,7 @@ class SAGE(Transform):
         self._worker_key: tuple[int, int] | None = None
         object.__setattr__(self, "_model", None)  # kept out of nn.Module's registry: not a submodule
         object.__setattr__(self, "_saliency_model", None)  # what the saliency pass calls (compiled or not)
+        object.__setattr__(self, "_feature_head", None)  # forward-only saliency_source: the model's head
         if model is not None:
             self.bind(model)
 
@@ -165,6 +172,12 @@ class SAGE(Transform):
         object.__setattr__(self, "_model", unwrap_model(model))
         # A compiled model: the saliency pass runs compiled too (saliency_compile "follow").
         object.__setattr__(self, "_saliency_model", saliency_model(model, self.config))
+        head = None
+        if self.config.saliency_source != "gradient":  # a model whose head cannot be read: ValueError here
+            head = read_head(
+                unwrap_model(model), self.config.saliency_source, feature_model(model, self.config)
+            )
+        object.__setattr__(self, "_feature_head", head)
         return self
 
     # -- random draws --------------------------------------------------------------------------
@@ -312,12 +325,9 @@ class SAGE(Transform):
         self.config.check_image_size(*images.shape[-2:])
         floating = images if images.is_floating_point() else images.float()
         with saliency_mode(self._model, self.config):
-            result, _ = compute_saliency(
-                self._saliency_model, floating, labels.to(images.device),
-                loss=self.config.saliency_loss, reduce=self.config.saliency_reduce,
-                blur_kernel=self.config.blur_kernel, blur_sigma=self.config.blur_sigma, param_grad_weight=0.0,
-                scale=self.config.saliency_scale, size=self.config.saliency_size,
-            )  # fmt: skip
+            result, _ = source_saliency(
+                self._saliency_model, self._feature_head, floating, labels.to(images.device), self.config
+            )
         return result.saliency, result.finite
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:

@@ -32,6 +32,7 @@ from torch import nn
 from timm_sage.config import SageConfig
 from timm_sage.core import mixing
 from timm_sage.core.clean import LossWeight
+from timm_sage.core.feature_saliency import FeatureHead, source_saliency
 from timm_sage.core.saliency import compute_saliency
 
 
@@ -116,6 +117,7 @@ def sage_step(
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     clean_buffer: torch.Tensor | None = None,
+    head: FeatureHead | None = None,
 ) -> SageStepResult:
     """Saliency pass, then SAGE mix of the batch, with no host read of a device value.
 
@@ -127,6 +129,9 @@ def sage_step(
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype (None: as called).
         clean_buffer: a released clean-gradient buffer the step may overwrite (see
             :func:`~timm_sage.core.saliency.compute_saliency`).
+        head: the feature head (:func:`~timm_sage.core.feature_saliency.read_head`) of the model that
+            gives forward-only saliency (``config.saliency_source`` "cam" or "features"; the live model's
+            or an EMA copy's); unused by the gradient source, which runs ``model``.
     """
     device = x.device
     in_batch = config.clean_term == "in_batch" and config.update_ratio < 1
@@ -145,13 +150,19 @@ def sage_step(
         if amp_dtype is not None
         else contextlib.nullcontext()
     )
-    with saliency_mode(model, config), autocast:
-        clean, clean_grads = compute_saliency(
-            model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
-            blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
-            scale=config.saliency_scale, size=config.saliency_size, clean_buffer=clean_buffer,
-            num_classes=num_classes,
-        )  # fmt: skip
+    if config.saliency_source == "gradient":
+        with saliency_mode(model, config), autocast:
+            clean, clean_grads = compute_saliency(
+                model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
+                blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma, param_grad_weight=clean_weight,
+                scale=config.saliency_scale, size=config.saliency_size, clean_buffer=clean_buffer,
+                num_classes=num_classes,
+            )  # fmt: skip
+    else:  # forward-only: one no-grad forward of the head's model (live or EMA), no clean gradient
+        if head is None:
+            raise ValueError(f"saliency_source={config.saliency_source!r} needs head= (read_head(model))")
+        with saliency_mode(head.module, config), autocast:
+            clean, clean_grads = source_saliency(model, head, inputs, target, config, num_classes=num_classes)
     perm, translations = draws_to_device(draws, device)
     prior = torch.full((x.shape[0],), draws.prior, device=device)
     with torch.no_grad():

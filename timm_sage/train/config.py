@@ -415,6 +415,11 @@ def _check(cfg: TrainConfig) -> None:
     SceneParams(**{name: cfg[f"scenes_{name}"] for name in SceneParams.names()})
     # Every sage_* value, with SageConfig's rules and errors naming the key.
     SageConfig.from_mapping({k: cfg[k] for k in _SAGE_FIELD_KEYS}, prefix="sage_", source="config")
+    if cfg.mixup_mode == "sage" and cfg.sage_saliency_model == "ema" and not cfg.model_ema:
+        raise ValueError(
+            "sage_saliency_model: ema takes SAGE's saliency from the model EMA, and this config keeps none; "
+            "set model_ema: true (its decay: model_ema_decay), or sage_saliency_model: live"
+        )
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

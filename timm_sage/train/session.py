@@ -202,6 +202,11 @@ class Trainer:
         self.scheduler, self.num_epochs = create_scheduler_v2(
             self.optimizer, **scheduler_kwargs(cfg), updates_per_epoch=len(self.train_loader)
         )
+        self.ema = None
+        if cfg.model_ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
         self.mixer = None
         if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
             from timm_sage.config import SageConfig
@@ -212,18 +217,13 @@ class Trainer:
                 label_smoothing=cfg.smoothing, num_classes=cfg.num_classes,
                 config=SageConfig(**{name: cfg[f"sage_{name}"] for name in SageConfig.names()}),
                 seed=cfg.sage_seed if cfg.sage_seed is not None else cfg.seed,
-                model=self.forward_model, amp_dtype=amp_dtype if cfg.amp else None,
+                model=self.forward_model, amp_dtype=amp_dtype if cfg.amp else None, ema_model=self.ema,
             )  # fmt: skip
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif cfg.smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
-        self.ema = None
-        if cfg.model_ema:
-            from timm.utils import ModelEmaV3
-
-            self.ema = ModelEmaV3(self.model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
         self.output_dir = self._output_dir()
         self.rows: list[dict[str, Any]] = []
         self.start_epoch = 0
