@@ -192,8 +192,8 @@ def test_compiled_saliency_pass_compiles_once_and_not_again_over_five_steps(upda
     mixer = SageMixup(mode="sage", model=model, num_classes=NUM_CLASSES, seed=1, rand_pos=0.1,
                       update_ratio=update_ratio)  # fmt: skip
     # The pass runs the plain module through a thin module of its own, compiled with the model's settings.
-    assert mixer.model is net and mixer.saliency_model._orig_mod is net
-    assert mixer.saliency_model.dynamo_ctx is model.dynamo_ctx
+    assert mixer.model is net and mixer.saliency_module._orig_mod is net
+    assert mixer.saliency_module.dynamo_ctx is model.dynamo_ctx
     counters.clear()
     _five_steps(model, mixer, steps=1)
     assert counter.frame_count == 2  # the training forward and the saliency forward
@@ -210,7 +210,7 @@ def test_saliency_compile_eager_keeps_the_pass_out_of_the_compiler() -> None:
     counter = CompileCounterWithBackend("aot_eager")
     model = torch.compile(net, backend=counter)
     mixer = SageMixup(mode="sage", model=model, num_classes=NUM_CLASSES, seed=1, saliency_compile="eager")
-    assert mixer.saliency_model is net
+    assert mixer.saliency_module is net
     _five_steps(model, mixer, steps=2)
     assert counter.frame_count == 1  # the training forward only
     with pytest.raises(ValueError, match="saliency_compile"):
@@ -226,7 +226,7 @@ def test_compile_options_compile_the_pass_of_a_model_compiled_after_binding() ->
     counter = CompileCounterWithBackend("aot_eager")
     mixer = SageMixup(mode="sage", model=net, num_classes=NUM_CLASSES, seed=1,
                       compile_options={"backend": counter})  # fmt: skip
-    assert mixer.saliency_model is not net and mixer.saliency_model._orig_mod is net
+    assert mixer.saliency_module is not net and mixer.saliency_module._orig_mod is net
     mixer(torch.randn(4, 3, 10, 10), torch.arange(4) % NUM_CLASSES)
     assert counter.frame_count == 1
     with pytest.raises(TypeError, match="compile_options"):

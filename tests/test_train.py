@@ -309,8 +309,8 @@ def test_torchcompile_trains_compiled_with_a_compiled_saliency_pass_and_matches_
             if compiled:
                 assert trainer.forward_model is not trainer.model and trainer.mixer.model is trainer.model
                 # the pass compiles the plain module with the forward's settings, in a cache of its own
-                assert trainer.mixer.saliency_model._orig_mod is trainer.model
-                assert trainer.mixer.saliency_model.dynamo_ctx is trainer.forward_model.dynamo_ctx
+                assert trainer.mixer.saliency_module._orig_mod is trainer.model
+                assert trainer.mixer.saliency_module.dynamo_ctx is trainer.forward_model.dynamo_ctx
             summaries[compiled] = trainer.fit()
     # training forward, saliency forward (input requires grad), evaluation (no grad, eval mode): 3 graphs
     # over the epoch's steps, each compiled once

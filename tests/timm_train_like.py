@@ -18,7 +18,8 @@ CI cannot hold timm's ``train.py`` (the wheel does not ship it), so this script 
 Data: a generated in-memory image set (PIL RGB, class-dependent bright square plus noise). It runs on
 the CPU. Every step is recorded in ``HISTORY`` and the run's objects in ``RUN``, for the tests.
 
-Test-only flags (not in train.py): ``--num-samples``, ``--no-task`` (older train.py: no
+``--model-ema`` (and ``--model-ema-decay``) as train.py: ``task.setup_ema`` then ``task.update_ema`` after
+each optimizer step. Test-only flags (not in train.py): ``--num-samples``, ``--no-task`` (older train.py: no
 ClassificationTask, the model is called directly), ``--loss-scaler`` (a NativeScaler on the CPU, which
 train.py only builds on CUDA with float16), ``--device`` (cpu; cuda in .ci/gpu_check.sh).
 """
@@ -78,6 +79,8 @@ parser.add_argument("--mixup-mode", type=str, default="batch")
 parser.add_argument("--mixup-off-epoch", default=0, type=int)
 parser.add_argument("--smoothing", type=float, default=0.1)
 parser.add_argument("--no-task", action="store_true", default=False)
+parser.add_argument("--model-ema", action="store_true", default=False)
+parser.add_argument("--model-ema-decay", type=float, default=0.9998)
 parser.add_argument("--loss-scaler", action="store_true", default=False)
 parser.add_argument("--device", default="cpu", type=str, help="cpu, or cuda in .ci/gpu_check.sh")
 parser.add_argument(
@@ -160,6 +163,9 @@ def main():
         task = None
     else:
         task = ClassificationTask(model, criterion=train_loss_fn, device=device, verbose=False)
+        # As train.py: --model-ema sets the EMA up inside the task, before DDP.
+        if args.model_ema:
+            task.setup_ema(decay=args.model_ema_decay)
         model = task.get_trainable_module()
     optimizer = create_optimizer_v2(model, opt="sgd", lr=args.lr, momentum=0.9, weight_decay=0.0)
 
@@ -290,6 +296,8 @@ def train_one_epoch(
             loss.backward()
             optimizer.step()
         optimizer.zero_grad()
+        if task is not None:
+            task.update_ema(step=len(HISTORY) + 1)
 
         HISTORY.append(
             dict(

@@ -24,8 +24,8 @@ from timm_sage.config import SAGE_DEFAULTS, SageConfig
 from timm_sage.core import checks as _checks
 from timm_sage.core import mixing
 from timm_sage.core.clean import CleanGradientLostWarning, CleanGradients, LossWeight
-from timm_sage.core.saliency import pass_size
 from timm_sage.core.feature_saliency import FeatureForward, FeatureHead, read_head
+from timm_sage.core.saliency import pass_size
 from timm_sage.core.step import SageDraws, clean_term_step, sage_step
 from timm_sage.functional import SageParams
 
@@ -381,7 +381,7 @@ class SageMixup(Mixup):
     Other options:
         model: the live model (or bind later with :meth:`bind`); saliency is recomputed from it at
             every call. DDP, DataParallel, ``torch.compile`` and timm EMA wrappers are unwrapped
-            (:attr:`model` is the plain module). The saliency pass runs :attr:`saliency_model`: the
+            (:attr:`model` is the plain module). The saliency pass runs :attr:`saliency_module`: the
             plain module, compiled with the model's own compiler settings when the model is compiled
             and ``saliency_compile`` is "follow" (the default; "eager" runs it eagerly).
         compile_options: ``torch.compile`` keywords (``backend``, ``mode``) for a model that is
@@ -398,8 +398,8 @@ class SageMixup(Mixup):
             and candidates stay per rank. The timm plugin does this (train.py's ``--seed``).
         ema_model: the EMA copy of the model that the caller keeps updated (timm's ``ModelEmaV3``), the
             saliency model of ``saliency_model="ema"`` (required then; bind it with :meth:`bind`'s
-            ``ema_model=`` when the model comes later). Note: :attr:`saliency_model` is the module the
-            saliency pass calls; the option of that name reads as ``mixer.config.saliency_model``.
+            ``ema_model=`` when the model comes later). :attr:`saliency_module` is the module the
+            gradient pass calls (before 0.3 it was the attribute ``saliency_model``, now the option's name).
         amp_dtype: run the saliency pass under ``torch.autocast`` with this dtype.
         grad_scaler: deprecated and ignored (a DeprecationWarning): the clean gradient is scaled by the
             caller's own scaled backward.
@@ -539,7 +539,7 @@ class SageMixup(Mixup):
             )
         self.compile_options = dict(compile_options) if compile_options else None
         self.model: nn.Module | None = None
-        self.saliency_model: nn.Module | None = None
+        self.saliency_module: nn.Module | None = None
         self._pass_size_checked: torch.Size | None = None
         self.ema_model: nn.Module | None = None
         self.feature_head: FeatureHead | None = None
@@ -597,7 +597,7 @@ class SageMixup(Mixup):
             head = read_head(unwrap_model(source), self.config.saliency_source, features)
         self.model = unwrap_model(model)
         self.ema_model = unwrap_model(ema_model) if ema_model is not None else None
-        self.saliency_model = saliency_model(source, self.config, self.compile_options)
+        self.saliency_module = saliency_model(source, self.config, self.compile_options)
         self.feature_head = head
         self._pass_size_checked = None
         return self
@@ -726,7 +726,7 @@ class SageMixup(Mixup):
             self._values_checked = True
         spare, self._spare_buffer = self._spare_buffer, None
         result = sage_step(
-            self.saliency_model, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
+            self.saliency_module, x, dense, SageDraws(*draws), self.config, num_classes=self.num_classes,
             label_smoothing=0.0 if dense.is_floating_point() else self.label_smoothing,
             amp_dtype=self.amp_dtype, clean_buffer=spare, head=self.feature_head,
         )  # fmt: skip

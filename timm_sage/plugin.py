@@ -48,6 +48,9 @@ train.py behaves exactly as stock timm.
   pass runs ``torch.compile(plain module)``: compiled like the training forward (one extra graph, for
   the input that requires grad; no recompiles after the first step). ``sage_saliency_compile: eager``
   keeps it eager.
+* ``--model-ema`` with ``sage_saliency_model: ema``: the mixer takes the EMA that train.py's training task
+  keeps (``task.setup_ema``, updated after every optimizer step) as its saliency model, at its first call;
+  without ``--model-ema`` that call is a RuntimeError saying so.
 * ``--amp``: the saliency pass runs under ``torch.autocast`` with train.py's AMP dtype (train.py mixes
   before entering its own autocast).
 * ``--channels-last``: the saliency pass follows the model's memory format.
@@ -136,6 +139,9 @@ class PluginState:
     loaders: list[DeviceMixLoader] = field(default_factory=list)
     originals: dict[str, Any] = field(default_factory=dict)
     task_seen: bool = False
+    # The training task (timm's ClassificationTask, ...) last built: its EMA (train.py's --model-ema sets
+    # it up inside the task) is the saliency model of sage_saliency_model "ema".
+    task: Any = None
     # The weight (r, as a device tensor) that the next task loss takes, set by a SAGE call with r < 1.
     pending_loss_weight: torch.Tensor | None = None
 
@@ -150,6 +156,14 @@ class PluginState:
             self.model = model
             for mixer in self.mixers:
                 mixer.model = None  # rebind lazily, at the next call
+
+    def ema_model(self) -> nn.Module | None:
+        """The EMA copy train.py keeps (``--model-ema``: ``task.setup_ema``), or None."""
+        getter = getattr(self.task, "get_trainable_module", None)
+        if not callable(getter):
+            return None
+        ema = getter(ema=True)
+        return ema if isinstance(ema, nn.Module) else None
 
     def new_mixer(self, mixup_args: dict[str, Any]) -> PluginSageMixup:
         """A SAGE mixer for ``mixup_args`` (timm's arguments) and this run's sage options.
@@ -199,7 +213,16 @@ class PluginSageMixup(SageMixup):
                     "before the first batch; bind one with "
                     "plugin.current_state().set_model(model, replace=True)"
                 )
-            self.bind(state.model)
+            ema = None
+            if self.config.saliency_model == "ema":
+                ema = state.ema_model()
+                if ema is None:
+                    raise RuntimeError(
+                        "timm_sage.plugin: sage_saliency_model 'ema' takes the saliency from train.py's "
+                        "model EMA, and this run keeps none; add --model-ema (a train.py whose training task "
+                        "sets up the EMA), or use sage_saliency_model live"
+                    )
+            self.bind(state.model, ema_model=ema)
         if state is not None and self.config.update_ratio < 1 and not state.task_seen:
             raise RuntimeError(
                 "timm_sage.plugin: sage_update_ratio < 1 weights train.py's mixed loss by r inside timm's "
@@ -368,6 +391,7 @@ def _patch_tasks(state: PluginState) -> None:
         def __init__(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> None:
             _base.__init__(self, *args, **kwargs)
             state.task_seen = True
+            state.task = self
             state.set_model(_model_argument(args, kwargs), replace=True)
 
         def forward(self: Any, *args: Any, _base: type = value, **kwargs: Any) -> Any:
