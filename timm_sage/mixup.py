@@ -774,8 +774,9 @@ class SageMixup(Mixup):
                 "pass of the live model: pass model=... or call .bind(model), or use clean_term='in_batch'"
             )
         spare, self._spare_buffer = self._spare_buffer, None
+        # saliency_module is the live model's here: SageConfig refuses separate_pass with the EMA's saliency.
         weight, _ = clean_term_step(
-            self.saliency_model, x, self._shaped_target(target, batch), config, amp_dtype=self.amp_dtype,
+            self.saliency_module, x, self._shaped_target(target, batch), config, amp_dtype=self.amp_dtype,
             clean_buffer=spare,
         )  # fmt: skip
         images, soft = mix()
