@@ -35,7 +35,10 @@ def test_bench_quick_writes_table_json_and_plot(tmp_path, capsys):
     # tensor operations it dispatches; the clean term (r < 1) adds a handful of kernels, not one per
     # parameter.
     fixed = {r["name"]: r for r in payload["rows"] if r["name"].startswith("fixed: ")}
-    assert set(fixed) == {f"fixed: {n}" for _, n in names if n.startswith("sage ")}
+    for source in ("cam", "features"):  # forward-only saliency: its rows, and no replayed fixed-cost row
+        assert ("step", f"sage saliency_source={source} saliency_scale=0.5 update_ratio=1") in names
+    assert ("step", "sage saliency_source=cam saliency_model=ema update_ratio=1") in names
+    assert set(fixed) == {f"fixed: {n}" for _, n in names if n.startswith("sage ") and "_source=" not in n}
     for row in fixed.values():
         assert 0 < row["extra"]["kernel_ops"] <= row["extra"]["ops"] and row["ratio"] > 0
     ops = {name: row["extra"]["kernel_ops"] for name, row in fixed.items()}

@@ -284,6 +284,27 @@ SAGE_STEP_VARIANTS: dict[str, dict[str, float | int | str]] = {
     "sage cheap saliency_scale=0.5 update_ratio=0.7": {"update_ratio": 0.7, "saliency_scale": 0.5},
     "sage saliency_size=16 update_ratio=1": {"update_ratio": 1.0, "saliency_size": 16},
     "sage clean_term=in_batch update_ratio=0.7": {"update_ratio": 0.7, "clean_term": "in_batch"},
+    # Forward-only saliency (saliency_source): one no-grad forward instead of a forward and a backward; the
+    # ema rows take it from a timm ModelEmaV3 copy (whose update, the user's, is not timed here).
+    "sage saliency_source=cam update_ratio=1": {"saliency_source": "cam"},
+    "sage saliency_source=cam saliency_scale=0.5 update_ratio=1": {
+        "saliency_source": "cam",
+        "saliency_scale": 0.5,
+    },
+    "sage saliency_source=features update_ratio=1": {"saliency_source": "features"},
+    "sage saliency_source=features saliency_scale=0.5 update_ratio=1": {
+        "saliency_source": "features",
+        "saliency_scale": 0.5,
+    },
+    "sage saliency_source=cam saliency_model=ema update_ratio=1": {
+        "saliency_source": "cam",
+        "saliency_model": "ema",
+    },
+    "sage saliency_source=cam clean_term=in_batch update_ratio=0.7": {
+        "saliency_source": "cam",
+        "update_ratio": 0.7,
+        "clean_term": "in_batch",
+    },
 }
 
 
@@ -307,6 +328,7 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
     1 and 0.7), each case in one process so the ratios compare like with like. On CUDA: bf16 autocast and
     channels_last, as a GPU user trains."""
     from timm.data import Mixup
+    from timm.utils import ModelEmaV3
 
     from timm_sage.config import SageConfig
 
@@ -331,9 +353,11 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             model = copy.deepcopy(base_model)
             step = _train_step(model, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), amp)
             if isinstance(mixer, dict):
+                ema = ModelEmaV3(model) if mixer.get("saliency_model") == "ema" else None
                 mixer = SageMixup(
                     mixup_alpha=1.0, mode="sage", label_smoothing=0.0, num_classes=classes, model=model,
                     config=SageConfig(**mixer), seed=0, amp_dtype=torch.bfloat16 if amp else None,
+                    ema_model=ema,
                 )  # fmt: skip
             full_step = functools.partial(_mixed_step, step, mixer, x, y, classes)
             if amp:
@@ -529,6 +553,8 @@ def _fixed_cost_calls(
 
     calls: dict[str, Callable[[], None]] = {}
     for label, options in SAGE_STEP_VARIANTS.items():
+        if options.get("saliency_source", "gradient") != "gradient":
+            continue  # the replayed model has no forward_features to replay: no fixed-cost row
         replayed = ReplayedModel(copy.deepcopy(base_model))
         mixer = SageMixup(
             mixup_alpha=1.0, mode="sage", label_smoothing=0.0, num_classes=classes, model=replayed,
