@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from timm_sage.tools import cli
+from timm_sage.tools import bench, cli
 from timm_sage.tools.report import read_between_markers
 
 
@@ -210,3 +210,15 @@ def test_bench_model_flags_need_the_step_suite(capsys):
     assert "--model runs the step suite alone" in capsys.readouterr().err
     assert cli.main(["bench", "step", "--model", "resnet18", "--batch-size", "0"]) == 2
     assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_step_saliency_source_keeps_only_that_sources_sage_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "step", "--quick", "--repeats", "1", "--warmup", "0", "--saliency-source", "cam"]
+    assert cli.main([*argv, "--json", str(out)]) == 0
+    names = [r["name"] for r in json.loads(out.read_text())["rows"]]
+    sage = [n for n in names if "sage" in n]
+    assert sage and all("saliency_source=cam" in n for n in sage)  # no gradient rows, no fixed rows
+    assert {"vanilla", "timm mixup", "sage saliency_source=cam saliency_scale=0.5 update_ratio=1"} <= {*names}
+    args = cli.build_parser("bench").parse_args(argv)
+    assert "--saliency-source cam" in bench.report_command(args)

@@ -63,6 +63,7 @@ def test_show_on_fashion_mnist_writes_both_pngs(tmp_path):
     assert torch.get_num_threads() == threads  # show runs single-threaded and restores the setting
     assert_valid_png(out / "comparison.png", viz.grid_size_px(2))
     assert_valid_png(out / "anatomy.png", viz.ANATOMY_SIZE_PX)
+    assert_valid_png(out / "sources.png", viz.sources_size_px(4))
     assert viz.grid_size_px(2) == (800, 360)
     # no temporary left; show.json records what drew the figures (tests/test_figures.py)
     assert sorted(p.name for p in out.iterdir()) == ["anatomy.png", "comparison.png", "show.json"]
@@ -189,6 +190,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         ({"upper_lambda": 1.5}, "upper_lambda"),
         ({"warmup_steps": -1}, "warmup_steps"),
         ({"rand_pos": 0.0}, "rand_pos"),
+        ({"ema_decay": 1.5}, "ema_decay"),
     ],
 )
 def test_show_rejects_bad_arguments(tmp_path, kwargs, name):
@@ -241,3 +243,31 @@ def test_idx_reader_matches_a_hand_written_file(tmp_path):
     path.write_bytes(struct.pack(">HBB3I", 0, 8, 3, 2, 3, 4) + images.tobytes()[:-1])
     with pytest.raises(ValueError, match="truncated"):
         read_idx(path)
+
+
+@needs_fmnist
+def test_sources_data_are_each_sources_maps_of_the_live_and_ema_models():
+    from timm.utils import ModelEmaV3
+
+    from timm_sage import SageConfig
+    from timm_sage.core.feature_saliency import feature_saliency, read_head
+    from timm_sage.tools.show_data import load_images, warm_up
+
+    batch = load_display_batch(None, pairs=2, batch_size=16, seed=3)
+    model = viz.build_model(None, 1, 10, seed=3)
+    ema = ModelEmaV3(model, decay=0.5)
+    warm_up(model, load_images(None, "train", 128, 4), 3, 3, ema=ema)
+    model.train()
+    data = viz.sources_data(batch, model, ema.module, 4, SageConfig())
+    assert data.images.shape == (4, 1, 28, 28) and len(data.labels) == 4
+    assert set(data.maps) == {(m, s) for m in ("live", "ema") for s in viz.SOURCE_COLUMNS}
+    for maps in data.maps.values():
+        assert maps.shape == (4, 28, 28) and bool((maps >= 0).all()) and float(maps.std()) > 0
+    x, y = batch.images, batch.labels
+    torch.testing.assert_close(data.maps[("live", "gradient")], functional.saliency_map(model, x, y)[:4])
+    head = read_head(ema.module, "cam")
+    cam = feature_saliency(head, x, y, source="cam", loss="bce_softmax", blur_kernel=5, blur_sigma=1.0)
+    cam = cam.saliency
+    torch.testing.assert_close(data.maps[("ema", "cam")], cam[:4])
+    # three warm-up steps with decay 0.5 leave the EMA behind the live model: other maps
+    assert not torch.allclose(data.maps[("ema", "cam")], data.maps[("live", "cam")])

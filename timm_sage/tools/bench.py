@@ -323,10 +323,13 @@ QUICK_STEP_CASES = (StepCase("test_resnet", 8, 16),)
 CUDA_STEP_CASES = (StepCase("preactresnet18", 100, 32), StepCase("resnet50", 64, 224, 1000))
 
 
-def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> list[BenchRow]:
+def suite_step(
+    device: torch.device, repeats: int, warmup: int, quick: bool, sources: tuple[str, ...] | None = None
+) -> list[BenchRow]:
     """Full training steps: vanilla, timm Mixup, timm CutMix and SAGE (exact and cheap saliency, update_ratio
     1 and 0.7), each case in one process so the ratios compare like with like. On CUDA: bf16 autocast and
-    channels_last, as a GPU user trains."""
+    channels_last, as a GPU user trains. ``sources``: only the SAGE rows of these saliency sources
+    (``--saliency-source``; None: every row)."""
     from timm.data import Mixup
     from timm.utils import ModelEmaV3
 
@@ -346,7 +349,7 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             "vanilla": None,
             "timm mixup": Mixup(mixup_alpha=1.0, label_smoothing=0.0, num_classes=classes),
             "timm cutmix": Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=classes),
-            **SAGE_STEP_VARIANTS,
+            **_variants_of(sources),
         }
         steps: dict[str, Callable[[], None]] = {}
         for label, mixer in mixers.items():
@@ -363,7 +366,7 @@ def suite_step(device: torch.device, repeats: int, warmup: int, quick: bool) -> 
             if amp:
                 full_step = functools.partial(_autocast_call, full_step, device)
             steps[label] = full_step
-        fixed = _fixed_cost_calls(base_model, x, y, classes, device, amp)
+        fixed = _fixed_cost_calls(base_model, x, y, classes, device, amp, sources)
         steps.update(fixed)
         desc = f"bench step {label_case}"
         times = interleaved_times_ms(steps, device, repeats=repeats, warmup=warmup, desc=desc)
@@ -537,6 +540,13 @@ def count_step_ops(call: Callable[[], object]) -> dict[str, int]:
     return {"ops": counter.ops, "kernel_ops": counter.kernels}
 
 
+def _variants_of(sources: tuple[str, ...] | None) -> dict[str, dict[str, float | int | str]]:
+    """The SAGE step variants whose ``saliency_source`` is among ``sources`` (None: all of them)."""
+    if sources is None:
+        return dict(SAGE_STEP_VARIANTS)
+    return {k: v for k, v in SAGE_STEP_VARIANTS.items() if v.get("saliency_source", "gradient") in sources}
+
+
 def _fixed_cost_calls(
     base_model: torch.nn.Module,
     x: torch.Tensor,
@@ -544,6 +554,7 @@ def _fixed_cost_calls(
     classes: int,
     device: torch.device,
     amp: bool,
+    sources: tuple[str, ...] | None = None,
 ) -> dict[str, Callable[[], None]]:
     """For each SAGE variant, ``"fixed: <variant>"``: its step with the model's forward and backward
     replayed (:class:`ReplayedModel`): the mixer call, then the backward share of the clean term (the
@@ -552,7 +563,7 @@ def _fixed_cost_calls(
     from timm_sage.core.clean import LossWeight
 
     calls: dict[str, Callable[[], None]] = {}
-    for label, options in SAGE_STEP_VARIANTS.items():
+    for label, options in _variants_of(sources).items():
         if options.get("saliency_source", "gradient") != "gradient":
             continue  # the replayed model has no forward_features to replay: no fixed-cost row
         replayed = ReplayedModel(copy.deepcopy(base_model))
@@ -767,6 +778,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="torch CPU threads (torch.set_num_threads); default: torch's, usually one per core",
     )
     parser.add_argument(
+        "--saliency-source",
+        nargs="+",
+        choices=("gradient", "cam", "features"),
+        default=None,
+        help="step suite: only the SAGE rows of these saliency sources (default: every row)",
+    )
+    parser.add_argument(
         "--compile-backend",
         default="inductor",
         help="compile suite: torch.compile's backend (default inductor; on the CPU it needs a C compiler)",
@@ -798,6 +816,8 @@ def report_command(args: argparse.Namespace) -> str:
     command = "timm-sage bench " + " ".join(args.suites) + f" --device {args.device} --repeats {args.repeats}"
     command += f" --warmup {args.warmup}" + (" --quick" if args.quick else "")
     command += " --search-only" if getattr(args, "search_only", False) else ""
+    sources = getattr(args, "saliency_source", None)
+    command += f" --saliency-source {' '.join(sources)}" if sources else ""
     command += f" --threads {args.threads}" if args.threads is not None else ""
     backend = getattr(args, "compile_backend", "inductor")
     command += f" --compile-backend {backend}" if "compile" in args.suites and backend != "inductor" else ""
@@ -869,4 +889,7 @@ def _run_suite(suite: str, device: torch.device, args: argparse.Namespace) -> li
         return suite_compile(device, args.repeats, args.warmup, args.quick, args.compile_backend)
     if suite == "step" and getattr(args, "model", None) is not None:
         return suite_model_step(device, args.repeats, args.warmup, args)
+    sources = getattr(args, "saliency_source", None)
+    if suite == "step" and sources:
+        return suite_step(device, args.repeats, args.warmup, args.quick, tuple(sources))
     return globals()[f"suite_{suite}"](device, args.repeats, args.warmup, args.quick)

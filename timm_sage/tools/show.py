@@ -1,12 +1,15 @@
 """``timm-sage show``: PNG figures of what SAGE makes from real images.
 
-Two figures, written to ``OUTDIR``:
+Three figures, written to ``OUTDIR``:
 
 - ``comparison.png`` (the paper's Figure 1): per pair, the two inputs, then Mixup, CutMix and SAGE, each
   titled with its soft label;
 - ``anatomy.png`` (the paper's Figures 3 and 4): one SAGE mix taken apart: both images, both saliency
   maps, the mask ``M``, the score ``v(tau)`` over every candidate translation with the chosen one marked,
-  the result and plain mixup for contrast.
+  the result and plain mixup for contrast;
+- ``sources.png``: the saliency maps of every ``saliency_source`` (gradient, cam, features) side by side for
+  the same images, from the live model and from an EMA copy of it (``saliency_model``), each map on its own
+  colour scale (SAGE normalises every map to its prior share, so only its shape matters).
 
 The figure data (:func:`comparison_data`, :func:`anatomy_data`) is computed apart from the plotting, so it
 can be checked without looking at pixels. matplotlib is imported inside the plotting functions only (the
@@ -22,12 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from timm_sage import functional
 from timm_sage._atomic import atomic_path
 from timm_sage.config import SAGE_DEFAULTS as _D
 from timm_sage.config import SageConfig, add_option_arguments
 from timm_sage.core import checks as _checks
+from timm_sage.core.feature_saliency import feature_saliency, read_head
 from timm_sage.data import idx as _idx
 from timm_sage.tools import provenance
 from timm_sage.tools.show_data import (
@@ -42,16 +47,20 @@ from timm_sage.tools.show_data import (
 __all__ = [
     "ANATOMY_SIZE_PX",
     "AnatomyData",
+    "SourcesData",
     "ComparisonData",
     "add_arguments",
     "all_translations",
     "anatomy_data",
     "build_model",
     "comparison_data",
+    "sources_data",
+    "sources_size_px",
     "grid_size_px",
     "pair_permutation",
     "plot_anatomy",
     "plot_comparison",
+    "plot_sources",
     "run",
     "show",
     "show_command",
@@ -64,11 +73,19 @@ ANATOMY_SIZE_PX = (int(_ANATOMY_INCHES[0] * DPI), int(_ANATOMY_INCHES[1] * DPI))
 COLUMNS = ("A", "B", "Mixup", "CutMix", "SAGE")
 RECORD = "show.json"  # beside the PNGs: what drew them (timm_sage.tools.provenance)
 BATCH_SIZE = 32  # display batch; the filler images only steady BatchNorm's batch statistics
+SOURCE_COLUMNS = ("gradient", "cam", "features")
+_SOURCE_CELL_INCHES = (1.45, 1.6)
 
 
 def grid_size_px(pairs: int) -> tuple[int, int]:
     """(width, height) in pixels of ``comparison.png`` for ``pairs`` rows."""
     return int(len(COLUMNS) * _CELL_INCHES[0] * DPI), int(pairs * _CELL_INCHES[1] * DPI)
+
+
+def sources_size_px(rows: int) -> tuple[int, int]:
+    """(width, height) in pixels of ``sources.png`` for ``rows`` images."""
+    columns = 1 + 2 * len(SOURCE_COLUMNS)
+    return round(columns * _SOURCE_CELL_INCHES[0] * DPI), round(rows * _SOURCE_CELL_INCHES[1] * DPI)
 
 
 def all_translations(height: int, width: int) -> torch.Tensor:
@@ -249,6 +266,40 @@ def anatomy_data(
     )
 
 
+@dataclass
+class SourcesData:
+    """Images (R, C, H, W) float32 in [0, 1], their class names, and ``maps[(model, source)]`` (R, H, W)
+    float32 for ``model`` in ("live", "ema") and ``source`` in :data:`SOURCE_COLUMNS`."""
+
+    images: torch.Tensor
+    labels: tuple[str, ...]
+    maps: dict[tuple[str, str], torch.Tensor]
+
+
+def sources_data(batch: Batch, live: nn.Module, ema: nn.Module, rows: int, config: SageConfig) -> SourcesData:
+    """The maps of every saliency source for the first ``rows`` images of ``batch`` (computed on the whole
+    batch, as in training), from ``live`` (in its mode: train, as SAGE runs it) and from ``ema`` (the
+    EMA copy, in its own mode: eval, as timm keeps it). ``config``: the blur and the saliency loss."""
+    _checks.check_positive_int("rows", rows)
+    x, y = batch.images, batch.labels
+    maps: dict[tuple[str, str], torch.Tensor] = {}
+    for name, model in (("live", live), ("ema", ema)):
+        for source in SOURCE_COLUMNS:
+            if source == "gradient":
+                found = functional.saliency_map(
+                    model, x, y, loss=config.saliency_loss, reduce=config.saliency_reduce,
+                    blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+                )  # fmt: skip
+            else:
+                found = feature_saliency(
+                    read_head(model, source), x, y, source=source, loss=config.saliency_loss,
+                    blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+                ).saliency  # fmt: skip
+            maps[(name, source)] = found[:rows].float()
+    labels = tuple(batch.class_names[int(label)] for label in y[:rows])
+    return SourcesData(batch.to_display(x[:rows]), labels, maps)
+
+
 # -- plotting (matplotlib only here) -----------------------------------------------------------------
 def _label_text(soft: torch.Tensor, names: tuple[str, ...]) -> str:
     order = torch.argsort(soft, descending=True)[:2]
@@ -335,6 +386,28 @@ def plot_anatomy(data: AnatomyData, path: str | Path) -> Path:
     return _save(fig, Path(path))
 
 
+def plot_sources(data: SourcesData, path: str | Path) -> Path:
+    """Draw each image and its six maps (live and EMA; gradient, cam, features) to ``path``."""
+    from matplotlib.figure import Figure
+
+    rows = data.images.shape[0]
+    keys = [(model, source) for model in ("live", "ema") for source in SOURCE_COLUMNS]
+    size = ((1 + len(keys)) * _SOURCE_CELL_INCHES[0], rows * _SOURCE_CELL_INCHES[1])
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = fig.subplots(rows, 1 + len(keys), squeeze=False)
+    for row in range(rows):
+        _imshow(axes[row, 0], data.images[row])
+        axes[row, 0].set_title(data.labels[row][:14], fontsize=8)
+        for col, key in enumerate(keys, start=1):
+            ax = axes[row, col]
+            ax.imshow(data.maps[key][row].numpy(), cmap="inferno", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{key[1]}\n{key[0]}", fontsize=8)
+    return _save(fig, Path(path))
+
+
 # -- the command -------------------------------------------------------------------------------------
 def show(
     outdir: str | Path,
@@ -348,13 +421,17 @@ def show(
     rand_pos: float = _D.rand_pos,
     warmup_steps: int | None = None,
     image_size: int | None = None,
+    ema_decay: float = 0.95,
 ) -> dict[str, Path]:
-    """Write ``comparison.png`` and ``anatomy.png`` to ``outdir``.
+    """Write ``comparison.png``, ``anatomy.png`` and ``sources.png`` to ``outdir``.
 
     Saliency comes from ``checkpoint`` (see :func:`build_model`) or from a fresh model trained for
-    ``warmup_steps`` steps (default 50 without a checkpoint, 0 with one) on 1024 training images.
-    Returns ``{"comparison": path, "anatomy": path}``; ``show.json`` beside them records the command,
-    its arguments and the digests of its inputs and code (:mod:`timm_sage.tools.provenance`).
+    ``warmup_steps`` steps (default 50 without a checkpoint, 0 with one) on 1024 training images; an EMA
+    copy of it (timm's ``ModelEmaV3``, ``ema_decay``) is updated after each of those steps and gives the
+    EMA maps of ``sources.png`` (with no warm-up steps it equals the model, in eval mode).
+    Returns ``{name: path}`` of the figures written; a record beside them (``show.json``, or
+    ``show-<figures>.json`` for another choice of figures) holds the command, its arguments and the
+    digests of its inputs and code (:mod:`timm_sage.tools.provenance`).
     """
     _checks.check_positive_int("pairs", pairs)
     if pairs > 16:
@@ -363,6 +440,7 @@ def show(
     SageConfig(upper_lambda=upper_lambda, rand_pos=rand_pos)  # the options' rules
     warmup_steps = (0 if checkpoint is not None else 50) if warmup_steps is None else warmup_steps
     _checks.check_positive_int("warmup_steps", warmup_steps, minimum=0)
+    _checks.check_fraction("ema_decay", ema_decay)
     if image_size is not None:
         _checks.check_positive_int("image_size", image_size, minimum=8)
     batch = load_display_batch(data, pairs, max(BATCH_SIZE, 2 * pairs), seed, image_size)
@@ -372,20 +450,26 @@ def show(
     torch.set_num_threads(1)
     try:
         net = build_model(model, batch.images.shape[1], len(batch.class_names), checkpoint, seed)
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(net, decay=ema_decay)
         if warmup_steps:
-            warm_up(net, load_images(data, "train", 1024, seed + 1, image_size), warmup_steps, seed)
+            train = load_images(data, "train", 1024, seed + 1, image_size)
+            warm_up(net, train, warmup_steps, seed, ema=ema)
         net.train()  # SAGE's saliency pass runs in train mode (docs/algorithm.md section 1)
         saliency = functional.saliency_map(net, batch.images, batch.labels)
         comparison = comparison_data(
             batch, saliency, pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos
         )
         anatomy = anatomy_data(batch, saliency, pairs=pairs, seed=seed, upper_lambda=upper_lambda)
+        sources = sources_data(batch, net, ema.module, min(2 * pairs, 8), SageConfig())
     finally:
         torch.set_num_threads(threads)
     outdir = Path(outdir)
     paths = {
         "comparison": plot_comparison(comparison, outdir / "comparison.png"),
         "anatomy": plot_anatomy(anatomy, outdir / "anatomy.png"),
+        "sources": plot_sources(sources, outdir / "sources.png"),
     }
     arguments = dict(
         data=None if data is None else str(data), checkpoint=None if checkpoint is None else str(checkpoint),
@@ -447,6 +531,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="side of ImageFolder images after resize and centre crop (default 64)",
     )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.95,
+        help="decay of the EMA copy whose maps sources.png shows (updated after each warm-up step)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -462,6 +552,7 @@ def run(args: argparse.Namespace) -> int:
         rand_pos=args.rand_pos,
         warmup_steps=args.warmup_steps,
         image_size=args.image_size,
+        ema_decay=args.ema_decay,
     )
     for path in paths.values():
         print(path)

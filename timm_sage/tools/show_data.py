@@ -138,8 +138,9 @@ def build_model(
     return _checkpoint.build_model(name, in_chans, num_classes, checkpoint, seed, default=DEFAULT_MODEL)
 
 
-def warm_up(model: nn.Module, batch: Batch, steps: int, seed: int) -> None:
-    """``steps`` SGD steps (batch 64, lr 0.05, momentum 0.9) on ``batch`` so the saliency means something."""
+def warm_up(model: nn.Module, batch: Batch, steps: int, seed: int, ema: nn.Module | None = None) -> None:
+    """``steps`` SGD steps (batch 64, lr 0.05, momentum 0.9) on ``batch`` so the saliency means something;
+    ``ema`` (timm's ``ModelEmaV3``), when given, is updated after each step, as a training loop does."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
@@ -152,4 +153,6 @@ def warm_up(model: nn.Module, batch: Batch, steps: int, seed: int) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(model)
     optimizer.zero_grad(set_to_none=True)
