@@ -215,7 +215,7 @@ def _net() -> nn.Module:
     return timm.create_model("preactresnet18_tiny", num_classes=10, width=0.0625)
 
 
-def _data(batch: int = 8, size: int = 16):
+def _data(batch: int = 8, size: int = 32):
     g = torch.Generator().manual_seed(1)
     return torch.randn(batch, 3, size, size, generator=g), torch.randint(0, 10, (batch,), generator=g)
 
@@ -225,10 +225,10 @@ def _data(batch: int = 8, size: int = 16):
     [
         {"saliency_source": "cam"},
         {"saliency_source": "features", "saliency_scale": 0.5},
-        {"saliency_source": "cam", "update_ratio": 0.7, "clean_term": "in_batch", "search_size": 8},
+        {"saliency_source": "cam", "update_ratio": 0.7, "clean_term": "in_batch", "search_size": 16},
         {"saliency_source": "cam", "saliency_model": "ema"},
         {"saliency_source": "gradient", "saliency_model": "ema"},
-        {"saliency_source": "features", "saliency_model": "ema", "saliency_size": 8},
+        {"saliency_source": "features", "saliency_model": "ema", "saliency_size": 16},
     ],
 )
 def test_steady_state_call_reads_nothing_back(options):
@@ -325,6 +325,7 @@ def test_plugin_takes_the_ema_of_train_py_model_ema(monkeypatch):
 
     monkeypatch.setattr(SageMixup, "__call__", spy)
     flags = ["--sage-saliency-source", "cam", "--sage-saliency-model", "ema", "--num-samples", "24"]
+    flags += ["--model", "preactresnet18_tiny"]  # a 2x2 last feature map at 16 x 16 (test_resnet's is 1x1)
     module = launcher.run(
         SCRIPT, [*SAGE_ARGS, "--no-prefetcher", "--model-ema", "--model-ema-decay", "0.5", *flags]
     )
@@ -356,3 +357,17 @@ def test_timm_sage_train_config_needs_model_ema_for_the_ema_saliency_model():
     assert (cfg.sage_saliency_source, cfg.sage_saliency_model) == ("cam", "ema")
     with pytest.raises(ValueError, match="sage_clean_term"):
         resolve_config({**base, "sage_update_ratio": 0.7})
+
+
+def test_a_one_by_one_feature_map_is_refused_not_mixed_blind():
+    """timm's resnet10t (output stride 32) on 28 x 28 images: a 1x1 last feature map, no spatial map."""
+    torch.manual_seed(0)
+    net = timm.create_model("resnet10t", num_classes=10, in_chans=1)
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    for source in ("cam", "features"):
+        mixer = SageMixup(mixup_alpha=1.0, mode="sage", num_classes=10, model=net, saliency_source=source)
+        with pytest.raises(ValueError, match="1x1"):
+            mixer(x, y)
+    SageMixup(mixup_alpha=1.0, mode="sage", num_classes=10, model=net, saliency_source="cam")(
+        torch.randn(4, 1, 64, 64), y
+    )  # 2x2 at 64 x 64: a (coarse) map

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import random
@@ -63,7 +64,6 @@ def test_show_on_fashion_mnist_writes_both_pngs(tmp_path):
     assert torch.get_num_threads() == threads  # show runs single-threaded and restores the setting
     assert_valid_png(out / "comparison.png", viz.grid_size_px(2))
     assert_valid_png(out / "anatomy.png", viz.ANATOMY_SIZE_PX)
-    assert_valid_png(out / "sources.png", viz.sources_size_px(4))
     assert viz.grid_size_px(2) == (800, 360)
     # no temporary left; show.json records what drew the figures (tests/test_figures.py)
     assert sorted(p.name for p in out.iterdir()) == ["anatomy.png", "comparison.png", "show.json"]
@@ -254,7 +254,7 @@ def test_sources_data_are_each_sources_maps_of_the_live_and_ema_models():
     from timm_sage.tools.show_data import load_images, warm_up
 
     batch = load_display_batch(None, pairs=2, batch_size=16, seed=3)
-    model = viz.build_model(None, 1, 10, seed=3)
+    model = viz.build_model("preactresnet18_tiny", 1, 10, seed=3)  # a 4x4 last feature map at 28 x 28
     ema = ModelEmaV3(model, decay=0.5)
     warm_up(model, load_images(None, "train", 128, 4), 3, 3, ema=ema)
     model.train()
@@ -271,3 +271,10 @@ def test_sources_data_are_each_sources_maps_of_the_live_and_ema_models():
     torch.testing.assert_close(data.maps[("ema", "cam")], cam[:4])
     # three warm-up steps with decay 0.5 leave the EMA behind the live model: other maps
     assert not torch.allclose(data.maps[("ema", "cam")], data.maps[("live", "cam")])
+
+    # timm's resnet10t (output stride 32) has a 1x1 map at 28 x 28: no cam or features map, said so
+    stride32 = viz.build_model(None, 1, 10, seed=3).train()
+    data = viz.sources_data(batch, stride32, copy.deepcopy(stride32).eval(), 2, SageConfig())
+    assert set(data.maps) == {("live", "gradient"), ("ema", "gradient")}
+    assert set(data.missing) == {(m, s) for m in ("live", "ema") for s in ("cam", "features")}
+    assert all("1x1" in reason for reason in data.missing.values())

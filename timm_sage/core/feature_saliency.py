@@ -213,6 +213,15 @@ def feature_saliency(
             )
         with torch.autocast(device_type=x.device.type, enabled=False):
             grid = head.grid_features(features, (inputs.shape[-2], inputs.shape[-1]))
+            if grid.shape[-2] * grid.shape[-1] == 1:
+                # A 1x1 map has no spatial extent: the CAM would be all zeros (a uniform map), the norm
+                # constant, and SAGE would mix blind. Refused rather than silently degraded (shapes only).
+                raise ValueError(
+                    f"saliency_source={source!r}: the last feature map of {type(head.module).__name__} is "
+                    f"1x1 for {inputs.shape[-2]}x{inputs.shape[-1]} inputs: no spatial map to give; "
+                    "use saliency_source='gradient', larger images (or no saliency_scale / saliency_size), "
+                    "or a network with a smaller output stride"
+                )
             weight = head.weight() if source == "cam" else None
             maps = cam.forward_only_maps(
                 grid, source, (height, width), weight=weight, target=target, blur_kernel=blur_kernel,

@@ -19,7 +19,7 @@ can be checked without looking at pixels. matplotlib is imported inside the plot
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,8 @@ COLUMNS = ("A", "B", "Mixup", "CutMix", "SAGE")
 RECORD = "show.json"  # beside the PNGs: what drew them (timm_sage.tools.provenance)
 BATCH_SIZE = 32  # display batch; the filler images only steady BatchNorm's batch statistics
 SOURCE_COLUMNS = ("gradient", "cam", "features")
+FIGURES = ("comparison", "anatomy", "sources")
+DEFAULT_FIGURES = ("comparison", "anatomy")  # sources.png on request: its maps need a suitable model
 _SOURCE_CELL_INCHES = (1.45, 1.6)
 
 
@@ -269,11 +271,14 @@ def anatomy_data(
 @dataclass
 class SourcesData:
     """Images (R, C, H, W) float32 in [0, 1], their class names, and ``maps[(model, source)]`` (R, H, W)
-    float32 for ``model`` in ("live", "ema") and ``source`` in :data:`SOURCE_COLUMNS`."""
+    float32 for ``model`` in ("live", "ema") and ``source`` in :data:`SOURCE_COLUMNS`. A source the model
+    cannot give (a 1x1 last feature map, a head a CAM cannot read) has no map: ``missing[(model, source)]``
+    says why, and the figure shows that reason in its panels."""
 
     images: torch.Tensor
     labels: tuple[str, ...]
     maps: dict[tuple[str, str], torch.Tensor]
+    missing: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 def sources_data(batch: Batch, live: nn.Module, ema: nn.Module, rows: int, config: SageConfig) -> SourcesData:
@@ -283,6 +288,7 @@ def sources_data(batch: Batch, live: nn.Module, ema: nn.Module, rows: int, confi
     _checks.check_positive_int("rows", rows)
     x, y = batch.images, batch.labels
     maps: dict[tuple[str, str], torch.Tensor] = {}
+    missing: dict[tuple[str, str], str] = {}
     for name, model in (("live", live), ("ema", ema)):
         for source in SOURCE_COLUMNS:
             if source == "gradient":
@@ -291,13 +297,17 @@ def sources_data(batch: Batch, live: nn.Module, ema: nn.Module, rows: int, confi
                     blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
                 )  # fmt: skip
             else:
-                found = feature_saliency(
-                    read_head(model, source), x, y, source=source, loss=config.saliency_loss,
-                    blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
-                ).saliency  # fmt: skip
+                try:
+                    found = feature_saliency(
+                        read_head(model, source), x, y, source=source, loss=config.saliency_loss,
+                        blur_kernel=config.blur_kernel, blur_sigma=config.blur_sigma,
+                    ).saliency  # fmt: skip
+                except ValueError as error:  # the model cannot give this source: said in the figure
+                    missing[(name, source)] = str(error)
+                    continue
             maps[(name, source)] = found[:rows].float()
     labels = tuple(batch.class_names[int(label)] for label in y[:rows])
-    return SourcesData(batch.to_display(x[:rows]), labels, maps)
+    return SourcesData(batch.to_display(x[:rows]), labels, maps, missing)
 
 
 # -- plotting (matplotlib only here) -----------------------------------------------------------------
@@ -400,7 +410,19 @@ def plot_sources(data: SourcesData, path: str | Path) -> Path:
         axes[row, 0].set_title(data.labels[row][:14], fontsize=8)
         for col, key in enumerate(keys, start=1):
             ax = axes[row, col]
-            ax.imshow(data.maps[key][row].numpy(), cmap="inferno", interpolation="nearest")
+            if key in data.maps:
+                ax.imshow(data.maps[key][row].numpy(), cmap="inferno", interpolation="nearest")
+            else:
+                reason = "1x1 feature map" if "1x1" in data.missing[key] else "head not readable"
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no map:\n{reason}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    transform=ax.transAxes,
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -422,16 +444,18 @@ def show(
     warmup_steps: int | None = None,
     image_size: int | None = None,
     ema_decay: float = 0.95,
+    figures: tuple[str, ...] = DEFAULT_FIGURES,
 ) -> dict[str, Path]:
-    """Write ``comparison.png``, ``anatomy.png`` and ``sources.png`` to ``outdir``.
+    """Write ``comparison.png`` and ``anatomy.png`` (and, asked for, ``sources.png``) to ``outdir``.
 
     Saliency comes from ``checkpoint`` (see :func:`build_model`) or from a fresh model trained for
     ``warmup_steps`` steps (default 50 without a checkpoint, 0 with one) on 1024 training images; an EMA
     copy of it (timm's ``ModelEmaV3``, ``ema_decay``) is updated after each of those steps and gives the
     EMA maps of ``sources.png`` (with no warm-up steps it equals the model, in eval mode).
-    Returns ``{name: path}`` of the figures written; a record beside them (``show.json``, or
-    ``show-<figures>.json`` for another choice of figures) holds the command, its arguments and the
-    digests of its inputs and code (:mod:`timm_sage.tools.provenance`).
+    ``figures``: which of :data:`FIGURES` to write (default :data:`DEFAULT_FIGURES`).
+    Returns ``{name: path}`` of the figures written; a record beside them (``show.json`` for the default
+    figures, ``show-<figures>.json`` for another choice) holds the command, its arguments and the digests
+    of its inputs and code (:mod:`timm_sage.tools.provenance`).
     """
     _checks.check_positive_int("pairs", pairs)
     if pairs > 16:
@@ -441,6 +465,8 @@ def show(
     warmup_steps = (0 if checkpoint is not None else 50) if warmup_steps is None else warmup_steps
     _checks.check_positive_int("warmup_steps", warmup_steps, minimum=0)
     _checks.check_fraction("ema_decay", ema_decay)
+    if not figures or any(name not in FIGURES for name in figures):
+        raise ValueError(f"figures must be some of {', '.join(FIGURES)}, got {figures!r}")
     if image_size is not None:
         _checks.check_positive_int("image_size", image_size, minimum=8)
     batch = load_display_batch(data, pairs, max(BATCH_SIZE, 2 * pairs), seed, image_size)
@@ -462,37 +488,51 @@ def show(
             batch, saliency, pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos
         )
         anatomy = anatomy_data(batch, saliency, pairs=pairs, seed=seed, upper_lambda=upper_lambda)
-        sources = sources_data(batch, net, ema.module, min(2 * pairs, 8), SageConfig())
+        rows = min(2 * pairs, 8)
+        sources = sources_data(batch, net, ema.module, rows, SageConfig()) if "sources" in figures else None
     finally:
         torch.set_num_threads(threads)
     outdir = Path(outdir)
-    paths = {
-        "comparison": plot_comparison(comparison, outdir / "comparison.png"),
-        "anatomy": plot_anatomy(anatomy, outdir / "anatomy.png"),
-        "sources": plot_sources(sources, outdir / "sources.png"),
+    plots = {
+        "comparison": lambda: plot_comparison(comparison, outdir / "comparison.png"),
+        "anatomy": lambda: plot_anatomy(anatomy, outdir / "anatomy.png"),
+        "sources": lambda: plot_sources(sources, outdir / "sources.png"),
     }
+    paths = {name: plots[name]() for name in FIGURES if name in figures}
     arguments = dict(
         data=None if data is None else str(data), checkpoint=None if checkpoint is None else str(checkpoint),
         model=model, pairs=pairs, seed=seed, upper_lambda=upper_lambda, rand_pos=rand_pos,
-        warmup_steps=warmup_steps, image_size=image_size,
+        warmup_steps=warmup_steps, image_size=image_size, ema_decay=ema_decay, figures=list(figures),
     )  # fmt: skip
     inputs = [Path(checkpoint)] if checkpoint is not None else []
     provenance.write_record(
-        outdir / RECORD, command=show_command(outdir, arguments), entry=__name__, arguments=arguments,
-        inputs=inputs + _data_files(data), figures=paths.values(),
+        outdir / record_name(figures), command=show_command(outdir, arguments), entry=__name__,
+        arguments=arguments, inputs=inputs + _data_files(data), figures=paths.values(),
     )  # fmt: skip
     return paths
 
 
 def show_command(outdir: str | Path, arguments: dict[str, Any]) -> str:
     """The ``timm-sage show`` command line that draws with ``arguments`` (the non-default ones given)."""
-    defaults = dict(pairs=4, seed=0, upper_lambda=_D.upper_lambda, rand_pos=_D.rand_pos)
+    defaults = dict(
+        pairs=4, seed=0, upper_lambda=_D.upper_lambda, rand_pos=_D.rand_pos, ema_decay=0.95,
+        figures=list(DEFAULT_FIGURES),
+    )  # fmt: skip
     words = ["timm-sage", "show", "-o", str(outdir)]
     for name, value in arguments.items():
         if value is None or defaults.get(name, object()) == value or (name == "warmup_steps" and value == 50):
             continue
-        words += ["--" + name.replace("_", "-"), str(value)]
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        words += ["--" + name.replace("_", "-"), shown]
     return " ".join(words)
+
+
+def record_name(figures: tuple[str, ...] | list[str]) -> str:
+    """The provenance record beside the figures: ``show.json`` for :data:`DEFAULT_FIGURES`, else
+    ``show-<figure>-<figure>.json``, so that drawing other figures into the same folder leaves it."""
+    if set(figures) == set(DEFAULT_FIGURES):
+        return RECORD
+    return "show-" + "-".join(name for name in FIGURES if name in figures) + ".json"
 
 
 def _data_files(data: str | Path | None) -> list[Path]:
@@ -537,6 +577,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.95,
         help="decay of the EMA copy whose maps sources.png shows (updated after each warm-up step)",
     )
+    parser.add_argument(
+        "--figures",
+        nargs="+",
+        choices=FIGURES,
+        default=list(DEFAULT_FIGURES),
+        help="which figures to write (default: comparison anatomy; sources: each saliency source's maps, "
+        "live and EMA, for a model whose last feature map is larger than 1x1 at the images' size)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -553,6 +601,7 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps,
         image_size=args.image_size,
         ema_decay=args.ema_decay,
+        figures=tuple(args.figures),
     )
     for path in paths.values():
         print(path)
