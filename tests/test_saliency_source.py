@@ -192,6 +192,8 @@ def test_unreadable_heads_and_broken_rules_are_value_errors_naming_what_is_missi
     conv_head = timm.create_model("mobilenetv3_small_050", num_classes=10)  # pool, conv_head, classifier
     with pytest.raises(ValueError, match="num_features"):
         SageMixup(**kwargs, model=conv_head, saliency_source="cam")
+    # timm's modes run no saliency pass: the saliency options do not ask anything of their model.
+    SageMixup(mixup_alpha=1.0, mode="batch", num_classes=10, model=plain, saliency_source="cam")
     # A model given later: the same error at bind.
     mixer = SageMixup(**kwargs, saliency_source="cam")
     with pytest.raises(ValueError, match="forward_features"):

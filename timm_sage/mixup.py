@@ -585,14 +585,16 @@ class SageMixup(Mixup):
                 f"ema_model must be a torch.nn.Module (timm's ModelEmaV3), got {type(ema_model).__name__}"
             )
         _check_grad_scaler(grad_scaler)
-        if self.config.saliency_model == "ema" and ema_model is None:
+        # The saliency options matter in mode "sage" only: timm's modes run no saliency pass.
+        use_ema = self.mode == "sage" and self.config.saliency_model == "ema"
+        if use_ema and ema_model is None:
             raise ValueError(
                 "saliency_model='ema' takes the saliency from the EMA copy of the model: pass it as "
                 "ema_model=... (timm's ModelEmaV3 that your loop updates), or use saliency_model='live'"
             )
-        source = ema_model if self.config.saliency_model == "ema" else model
+        source = ema_model if use_ema else model
         head = None
-        if self.config.saliency_source != "gradient":
+        if self.mode == "sage" and self.config.saliency_source != "gradient":
             features = feature_model(source, self.config, self.compile_options)
             head = read_head(unwrap_model(source), self.config.saliency_source, features)
         self.model = unwrap_model(model)
