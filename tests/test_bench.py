@@ -222,3 +222,18 @@ def test_bench_step_saliency_source_keeps_only_that_sources_sage_rows(tmp_path):
     assert {"vanilla", "timm mixup", "sage saliency_source=cam saliency_scale=0.5 update_ratio=1"} <= {*names}
     args = cli.build_parser("bench").parse_args(argv)
     assert "--saliency-source cam" in bench.report_command(args)
+
+
+def test_bench_step_model_with_forward_only_sources_adds_their_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "step", "--model", "test_resnet", "--img-size", "128", "--batch-size", "2",
+            "--num-classes", "5", "--repeats", "1", "--warmup", "0", "--saliency-source", "cam",
+            "--json", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    for name in ("sage default search saliency_source=cam update_ratio=1",
+                 "sage default search saliency_source=cam saliency_scale=0.5 update_ratio=1"):  # fmt: skip
+        assert rows[name]["value"] > 0 and rows[name]["ratio"] == pytest.approx(
+            rows[name]["value"] / rows["vanilla"]["value"]
+        )
+    assert "sage exact search update_ratio=1" in rows and not any("features" in n for n in rows)

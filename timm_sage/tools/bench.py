@@ -784,7 +784,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         choices=("gradient", "cam", "features"),
         default=None,
-        help="step suite: only the SAGE rows of these saliency sources (default: every row)",
+        help="step suite: only the SAGE rows of these saliency sources (default: every row); with --model: "
+        "also the rows of the forward-only ones among them (cam, features; full and half resolution)",
     )
     parser.add_argument(
         "--compile-backend",

@@ -99,12 +99,21 @@ def build_model(name: str, size: int, num_classes: int, device: torch.device) ->
     return model.to(device).train()
 
 
-def _variants(size: int) -> dict[str, dict[str, object]]:
+def _variants(size: int, sources: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
+    """The SAGE rows; ``sources`` (``--saliency-source``): also the forward-only ones among them, at full
+    and half resolution, with the default search."""
     quarter = max(1, size // 4)
     out = {}
     for name, options in MODEL_STEP_VARIANTS.items():
         filled = {k: (quarter if v == "{quarter}" else v) for k, v in options.items()}
         out[name.format(quarter=quarter)] = {"update_ratio": 1.0, **filled}
+    for source in (s for s in ("cam", "features") if s in sources):
+        out[f"sage default search saliency_source={source} update_ratio=1"] = {
+            "update_ratio": 1.0, "saliency_source": source,
+        }  # fmt: skip
+        out[f"sage default search saliency_source={source} saliency_scale=0.5 update_ratio=1"] = {
+            "update_ratio": 1.0, "saliency_source": source, "saliency_scale": 0.5,
+        }  # fmt: skip
     return out
 
 
@@ -155,7 +164,7 @@ def suite_model_step(
 
         return step
 
-    variants = _variants(size)
+    variants = _variants(size, tuple(getattr(args, "saliency_source", None) or ()))
     steps: dict[str, Callable[[], object]] = {"vanilla": make_step(None)}
     steps.update({name: make_step(options) for name, options in variants.items()})
     # The search alone, on this batch's saliency (the SAGE step's own maps), exact and default.
