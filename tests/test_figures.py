@@ -26,6 +26,8 @@ MEASURED = {
     "scale.png": "timm-sage bench scale",
     "scenes_samples.png": "timm-sage scenes",
     "scenes2_samples.png": "timm-sage scenes",
+    "scenes3_samples.png": "timm-sage scenes",
+    "scenes3_frontier.png": "timm-sage study",
     "study_curves.png": "timm-sage study",
     "study_scarce.png": "timm-sage study",
     "study_scenes.png": "timm-sage study",

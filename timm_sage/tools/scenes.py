@@ -23,24 +23,40 @@ def _params(assignments: list[str]) -> scenes.SceneParams:
     return scenes.SceneParams(**values)
 
 
-def plot_samples(splits: dict[str, scenes.SceneSplit], path: Path, count: int = 8) -> Path:
-    """PNG: for each split, a row of ``count`` images and beneath it their masks, titled by class."""
+def plot_samples(
+    splits: dict[str, scenes.SceneSplit], path: Path, count: int = 8, photo_names: dict | None = None
+) -> Path:
+    """PNG: for each split, a row of ``count`` images and beneath it their masks, titled by class (and by
+    the background's photograph, where ``photo_names`` {split: names} is given)."""
     from timm_sage.tools.plots import _pyplot, save_figure_atomic
 
     plt = _pyplot()
-    figure, axes = plt.subplots(2 * len(splits), count, figsize=(1.3 * count, 2.7 * len(splits)))
+    tall = 3.3 if photo_names is not None else 2.7  # room for the second title line
+    figure, axes = plt.subplots(2 * len(splits), count, figsize=(1.3 * count, tall * len(splits)))
     for row, (name, split) in enumerate(splits.items()):
         for column in range(count):
             image_axis, mask_axis = axes[2 * row, column], axes[2 * row + 1, column]
             image_axis.imshow(split.images[column].permute(1, 2, 0).numpy())
             mask_axis.imshow(split.masks[column].numpy(), cmap="gray", vmin=0, vmax=255)
-            image_axis.set_title(FASHION_MNIST_CLASSES[int(split.labels[column])], fontsize=7)
+            title = FASHION_MNIST_CLASSES[int(split.labels[column])]
+            if photo_names is not None:
+                title += "\n" + photo_names[name][int(split.photos[column])].removeprefix("skimage:")[:14]
+            image_axis.set_title(title, fontsize=6 if photo_names is not None else 7)
             for axis in (image_axis, mask_axis):
                 axis.set_xticks([])
                 axis.set_yticks([])
         axes[2 * row, 0].set_ylabel(name, fontsize=9)
         axes[2 * row + 1, 0].set_ylabel("mask", fontsize=9)
-    figure.suptitle("fashion_mnist_scenes: train, validation and test (disjoint photographs)", fontsize=10)
+    pooled = "test_disjoint" in splits
+    where = (
+        "validation and test on opposite halves of the same held-out photographs; test_disjoint on "
+        "photographs no split has seen"
+        if pooled
+        else "disjoint photographs"
+    )
+    figure.suptitle(f"fashion_mnist_scenes: train, validation and test ({where})", fontsize=10)
+    if photo_names is not None:
+        figure.subplots_adjust(hspace=0.45)
     save_figure_atomic(figure, path)
     plt.close(figure)
     return path
@@ -68,5 +84,6 @@ def run(args: argparse.Namespace) -> int:
     if args.figure is not None:
         if args.count < 1 or args.count > min(len(s.labels) for s in splits.values()):
             raise ValueError(f"--count must lie in [1, the smallest split's size], got {args.count}")
-        print(f"wrote {plot_samples(splits, args.figure, args.count)}")
+        names = {name: scenes.photograph_names(params, name) for name in splits}
+        print(f"wrote {plot_samples(splits, args.figure, args.count, names)}")
     return 0
