@@ -7,15 +7,13 @@ a reduced size (32 px, batch 2) on a fake ImageFolder."""
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import timm
 import yaml
-from timm_releases import fake_imagefolder, newest_release_with_train_py, train_env
+from timm_releases import fake_imagefolder, newest_release_with_train_py, run_train_py_with_probe
 
 from timm_sage import SageMixup, _timm_compat, plugin
 from timm_sage.train import configs
@@ -75,11 +73,5 @@ def test_one_epoch_of_train_py_with_the_recipe_at_a_reduced_size(path: Path, tmp
         "--log-interval", "1", "--output", str(tmp_path / "out"),
         "--device-modules", "timm_sage.plugin", "sage_probe",
     ]  # fmt: skip
-    run = subprocess.run(
-        command, cwd=release, env=train_env(tmp_path), capture_output=True, text=True, timeout=600
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-4000:]
-    assert "timm_sage.plugin: installed for --mixup-mode sage" in output
-    report = json.loads((tmp_path / "probe.json").read_text())
+    report = run_train_py_with_probe(release, command, tmp_path)
     assert report["calls"] == 4 and report["methods"] == ["sage"] and report["mixed"] == [True]

@@ -11,13 +11,19 @@ import with one message naming its version, its path and the floor.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from timm_releases import fake_imagefolder, release_version, releases, train_env, version_key
+from timm_releases import (
+    fake_imagefolder,
+    release_version,
+    releases,
+    run_train_py_with_probe,
+    train_env,
+    version_key,
+)
 
 from timm_sage import _timm_compat
 
@@ -45,13 +51,7 @@ def test_train_py_of_a_release_runs_sage_from_its_source_tree(release: Path, tmp
         "--device", "cpu", "--mixup", "1.0", "--mixup-mode", "sage", "--log-interval", "1",
         "--output", str(tmp_path / "out"), "--device-modules", "timm_sage.plugin", "sage_probe",
     ]  # fmt: skip
-    run = subprocess.run(
-        command, cwd=release, env=train_env(tmp_path), capture_output=True, text=True, timeout=600
-    )
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-4000:]
-    assert "timm_sage.plugin: installed for --mixup-mode sage" in output
-    report = json.loads((tmp_path / "probe.json").read_text())
+    report = run_train_py_with_probe(release, command, tmp_path)
     # The release's own timm, from its source tree, ran the plugin.
     assert report["timm_version"] == version
     assert Path(report["timm_file"]).resolve().is_relative_to(release.resolve())

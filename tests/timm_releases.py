@@ -6,8 +6,10 @@ exit, what the plugin's mixers did and which timm the run imported."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +100,17 @@ def newest_release_with_train_py(floor: str) -> Path | None:
         if (release / "train.py").is_file() and version_key(release_version(release)) >= version_key(floor)
     ]
     return usable[-1] if usable else None
+
+
+def run_train_py_with_probe(release: Path, command: list[str], tmp_path: Path) -> dict:
+    """Run ``command`` (a train.py command line ending in the ``sage_probe`` device module) from inside
+    ``release``'s source tree; check that it ran and that the plugin installed itself; return the probe's
+    report (probe.json: calls, methods, mixed, bound, timm_version, timm_file)."""
+    run = subprocess.run(
+        command, cwd=release, env=train_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+    assert "timm_sage.plugin: installed for --mixup-mode sage" in output
+    return json.loads((tmp_path / "probe.json").read_text())
+

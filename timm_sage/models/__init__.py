@@ -22,12 +22,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.models import build_model_with_cfg, register_model
+from timm_sage._timm_compat import check_timm
 
-from timm_sage.models._common import CIFAR_MEAN, CIFAR_STD, cifar_cfg
-from timm_sage.models.preact_resnet import PreActResNet
-from timm_sage.models.resnext import CifarResNeXt
-from timm_sage.models.wide_resnet import WideResNet
+# Every way in (the plugin, the CLI, a public name) imports this module before it uses timm: a timm below
+# the floor gets its one message here, not a missing name from timm.models below.
+check_timm()
+
+from timm.models import build_model_with_cfg, register_model  # noqa: E402
+
+from timm_sage.models._common import CIFAR_MEAN, CIFAR_STD, cifar_cfg  # noqa: E402
+from timm_sage.models.preact_resnet import PreActResNet  # noqa: E402
+from timm_sage.models.resnext import CifarResNeXt  # noqa: E402
+from timm_sage.models.wide_resnet import WideResNet  # noqa: E402
 
 __all__ = ["CIFAR_MEAN", "CIFAR_STD", "CifarResNeXt", "MODEL_NAMES", "PreActResNet", "WideResNet"]
 
