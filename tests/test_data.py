@@ -138,5 +138,7 @@ def test_fashion_mnist_subset_from_the_debian_files():
     assert train.images.shape == (500, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == [50] * 10
     assert torch.bincount(test.labels).tolist() == [1000] * 10
-    assert info == {"name": "fashion_mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 28, 28]}
+    assert info == {
+        "name": "fashion_mnist", "mean": [0.286], "std": [0.353], "input_size": [1, 28, 28], "extra_tests": {}
+    }
     assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
