@@ -144,3 +144,33 @@ def test_timm_sage_train_takes_the_clean_term_with_timms_modes(tmp_path):
     # the last step's weight carried the clean gradient (r = 0.7), and its backward consumed it
     assert isinstance(trainer.mixer.loss_weight, LossWeight) and trainer.mixer.loss_weight.clean.consumed
     assert float(trainer.mixer.loss_weight) == pytest.approx(0.7)
+
+
+def test_mixup_on_epoch_trains_the_first_epochs_unmixed(tmp_path):
+    from timm_sage.data.idx import FASHION_MNIST_ROOT
+
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("no Fashion-MNIST")
+    from timm_sage.train.config import load_config
+    from timm_sage.train.session import Trainer
+
+    cfg = load_config(None, {
+        "dataset": "fashion_mnist", "train_subset": 32, "epochs": 3, "batch_size": 16,
+        "model": "preactresnet18_tiny", "num_classes": 10, "mixup": 1.0, "mixup_mode": "sage",
+        "mixup_on_epoch": 2, "output": str(tmp_path), "experiment": "on",
+    })  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    seen = []
+    step = trainer.train_one_step
+
+    def recorded(x, y):
+        result = step(x, y)
+        seen.append((trainer._epoch, result.method))
+        return result
+
+    trainer.train_one_step = recorded
+    trainer.fit()
+    assert [method for epoch, method in seen if epoch < 2] == ["none"] * 4
+    assert [method for epoch, method in seen if epoch == 2] == ["sage"] * 2
+    with pytest.raises(ValueError, match="mixup_on_epoch must be >= 0"):
+        load_config(None, {"mixup_on_epoch": -1})

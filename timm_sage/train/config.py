@@ -115,6 +115,7 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "mixup_switch_prob": ("float", 0.5),
     "mixup_mode": ("str", "batch"),
     "mixup_off_epoch": ("int", 0),
+    "mixup_on_epoch": ("int", 0),  # ours: mixing starts at this epoch (a warm-up without mixing)
     "smoothing": ("float", 0.1),
     # SAGE: sage_<option> for every SageConfig option (added below), and the mixer's seed
     "sage_seed": ("int", None),
@@ -388,7 +389,9 @@ def _check(cfg: TrainConfig) -> None:
     ):
         if cfg[key] is not None and cfg[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
-    for key in ("mixup", "cutmix", "smoothing", "weight_decay", "warmup_epochs", "mixup_off_epoch"):
+    for key in (
+        "mixup", "cutmix", "smoothing", "weight_decay", "warmup_epochs", "mixup_off_epoch", "mixup_on_epoch"
+    ):
         if cfg[key] < 0:
             raise ValueError(f"{key} must be >= 0, got {cfg[key]}")
     for key in ("mixup_prob", "mixup_switch_prob", "hflip", "smoothing"):

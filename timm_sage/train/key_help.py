@@ -92,6 +92,8 @@ KEY_HELP: dict[str, str] = {
     "mixup_switch_prob": "probability of CutMix instead of Mixup when both are on",
     "mixup_mode": "batch, pair or elem (timm's Mixup), half, or sage (SAGE; the sage_* options apply)",
     "mixup_off_epoch": "stop mixing from this epoch on (0: never)",
+    "mixup_on_epoch": "start mixing at this epoch: the epochs before train unmixed (0: from the first; ours, "
+    "not train.py's)",
     "smoothing": "label smoothing",
     # precision, EMA, run
     "amp": "mixed precision (autocast) for the forward and backward",

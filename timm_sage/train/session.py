@@ -310,8 +310,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.num_epochs):
             self._epoch = epoch
             if self.mixer is not None:
-                off = self.cfg.mixup_off_epoch
-                self.mixer.mixup_enabled = not (off and epoch >= off)
+                off, on = self.cfg.mixup_off_epoch, self.cfg.mixup_on_epoch
+                self.mixer.mixup_enabled = epoch >= on and not (off and epoch >= off)
             skipped_before = int(self.mixer.skipped_batches) if self.mixer is not None else 0
             epoch_start = time.perf_counter()
             train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)

@@ -47,6 +47,9 @@ def main(argv: list[str]) -> None:
     takeoff, vals = None, []
     start = time.perf_counter()
     for epoch in range(epochs):
+        if trainer.mixer is not None:  # as Trainer.fit: mixing between mixup_on_epoch and mixup_off_epoch
+            off = cfg.mixup_off_epoch
+            trainer.mixer.mixup_enabled = epoch >= cfg.mixup_on_epoch and not (off and epoch >= off)
         for x, y in trainer.train_loader.batches(epoch):
             losses.append(float(trainer.train_one_step(x, y).loss))
             if takeoff is None and len(losses) >= 20 and sum(losses[-20:]) / 20 < threshold:
