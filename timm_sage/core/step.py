@@ -106,6 +106,22 @@ def draws_to_device(draws: SageDraws, device: torch.device) -> tuple[torch.Tenso
     return perm.to(device, non_blocking=True).long(), translations.to(device, non_blocking=True).long()
 
 
+def _pass_inputs(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, amp_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, contextlib.AbstractContextManager]:
+    """The clean pass's input in the model's memory format, and the autocast it runs under (``amp_dtype``;
+    none: as called)."""
+    inputs = x
+    if isinstance(model, nn.Module) and uses_channels_last(model):
+        inputs = x.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast(device_type=x.device.type, dtype=amp_dtype)
+        if amp_dtype is not None
+        else contextlib.nullcontext()
+    )
+    return inputs, autocast
+
+
 def sage_step(
     model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
@@ -142,14 +158,7 @@ def sage_step(
         )
     # in_batch: the clean term comes from the unmixed images of the batch, not from this pass's backward.
     clean_weight = 0.0 if in_batch else 1.0 - config.update_ratio
-    inputs = x
-    if isinstance(model, nn.Module) and uses_channels_last(model):
-        inputs = x.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else contextlib.nullcontext()
-    )
+    inputs, autocast = _pass_inputs(model, x, amp_dtype)
     if config.saliency_source == "gradient":
         with saliency_mode(model, config), autocast:
             clean, clean_grads = compute_saliency(
@@ -210,14 +219,7 @@ def clean_term_step(
         :class:`~timm_sage.core.clean.LossWeight` carrying the clean gradients when there are any; and
         ``clean_loss``: 0-dim float32.
     """
-    inputs = x
-    if isinstance(model, nn.Module) and uses_channels_last(model):
-        inputs = x.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast(device_type=x.device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else contextlib.nullcontext()
-    )
+    inputs, autocast = _pass_inputs(model, x, amp_dtype)
     with saliency_mode(model, config), autocast:
         clean, clean_grads = compute_saliency(
             model, inputs, target, loss=config.saliency_loss, reduce=config.saliency_reduce,
