@@ -174,3 +174,67 @@ def test_mixup_on_epoch_trains_the_first_epochs_unmixed(tmp_path):
     assert [method for epoch, method in seen if epoch == 2] == ["sage"] * 2
     with pytest.raises(ValueError, match="mixup_on_epoch must be >= 0"):
         load_config(None, {"mixup_on_epoch": -1})
+
+
+def _fashion_trainer(tmp_path, **overrides):
+    from timm_sage.data.idx import FASHION_MNIST_ROOT
+
+    if not (FASHION_MNIST_ROOT / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("no Fashion-MNIST")
+    from timm_sage.train.config import load_config
+    from timm_sage.train.session import Trainer
+
+    cfg = load_config(None, {
+        "dataset": "fashion_mnist", "train_subset": 32, "epochs": 3, "batch_size": 16,
+        "model": "preactresnet18_tiny", "num_classes": 10, "mixup": 1.0, "mixup_mode": "sage",
+        "output": str(tmp_path), "experiment": "top1", **overrides,
+    })  # fmt: skip
+    return Trainer(cfg, progress=False)
+
+
+def test_mixup_on_train_top1_waits_for_an_epoch_at_the_threshold(tmp_path):
+    trainer = _fashion_trainer(tmp_path, mixup_on_train_top1=30.0, mixup_on_epoch=1)
+    rows = [{"train_top1": 12.5}, {"train_top1": 31.25}, {"train_top1": 9.0}, {"train_top1": 40.0}]
+    trainer.rows = rows
+    # epoch e reads the rows of epochs 0..e-1: the first at >= 30 % is epoch 1, so mixing from epoch 2 on,
+    # and it stays on when a later (mixed) epoch's top-1 is lower
+    assert [trainer._mixing_on(e) for e in range(5)] == [False, False, True, True, True]
+    trainer.rows = [{"train_top1": 40.0}]
+    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, True]  # mixup_on_epoch 1 still holds
+    trainer.cfg.mixup_off_epoch = 2
+    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, False]
+    trainer.cfg.mixup_on_train_top1 = 0.0  # off: mixup_on_epoch alone
+    trainer.rows = []
+    trainer.cfg.mixup_off_epoch = 0
+    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, True]
+
+
+def test_mixup_on_train_top1_end_to_end_and_resumed(tmp_path):
+    from timm_sage.train.session import StopForTest
+
+    never = _fashion_trainer(tmp_path, mixup_on_train_top1=99.9, experiment="never")
+    summary = never.fit()
+    assert summary["epochs"] == 3 and [row["mixing"] for row in never.rows] == [False, False, False]
+    # a threshold every epoch reaches: epoch 1 trains unmixed, then mixing; and a run stopped in epoch 2
+    # and resumed decides the same from its stored rows
+    full = _fashion_trainer(tmp_path / "full", mixup_on_train_top1=1e-9)
+    full.fit()
+    expected = [False] + [any(r["train_top1"] >= 1e-9 for r in full.rows[:e]) for e in range(1, 3)]
+    assert [row["mixing"] for row in full.rows] == expected
+    stopped = _fashion_trainer(tmp_path / "resumed", mixup_on_train_top1=1e-9)
+    with pytest.raises(StopForTest):
+        stopped.fit(stop_after_steps=5)  # in epoch 3, after the checkpoint of epoch 2
+    checkpoint = stopped.output_dir / "last.pth.tar"
+    resumed = _fashion_trainer(tmp_path / "resumed", mixup_on_train_top1=1e-9, resume=str(checkpoint))
+    assert resumed.start_epoch == 2
+    resumed.fit()
+    assert [row["mixing"] for row in resumed.rows] == expected
+    assert [row["train_loss"] for row in resumed.rows] == [row["train_loss"] for row in full.rows]
+
+
+def test_mixup_on_train_top1_is_a_percentage():
+    from timm_sage.train.config import load_config
+
+    for bad in (-1.0, 100.0):
+        with pytest.raises(ValueError, match="mixup_on_train_top1 must lie in"):
+            load_config(None, {"mixup_on_train_top1": bad})

@@ -649,6 +649,44 @@ def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resume
         study.run(parser.parse_args([*common, "1", "--budget-reference", "sage"]))
 
 
+def test_frontier_skip_equal_epochs_trains_only_the_budgets(tmp_path, monkeypatch):
+    """--skip-equal-epochs: no config's own schedule is trained first, except where it is a budget's point
+    (vanilla at 1x), which is then trained in the equal-epoch folder; the report has the frontier only."""
+    configs = []
+    for name in ("s_vanilla", "s_sage"):
+        configs.append(tmp_path / f"{name}.yaml")
+        configs[-1].write_text("epochs: 4\n")
+    out = tmp_path / "out"
+    (out / "_timing").mkdir(parents=True)
+    (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
+    trained = []
+
+    def fake_run(command, check):
+        folder = Path(command[command.index("--output") + 1])
+        name = command[command.index("--experiment") + 1]
+        epochs = int(command[command.index("--epochs") + 1]) if "--epochs" in command else 4
+        trained.append((folder.name, name, epochs))
+        stem, seed = name.rsplit("-seed", 1)
+        _fake_val_run(folder, stem, int(seed), val=60.0 + epochs, test=60.0 + epochs, epochs=epochs)
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    parser = __import__("argparse").ArgumentParser()
+    study.add_arguments(parser)
+    report = tmp_path / "r.md"
+    args = [*map(str, configs), "--seeds", "0", "--output", str(out), "--select-on", "val", "--time-steps",
+            "3", "--skip-equal-epochs", "--frontier", "0.5", "1", "--report", str(report)]  # fmt: skip
+    assert study.run(parser.parse_args(args)) == 0
+    assert trained == [
+        ("b0.5", "s_vanilla-seed0", 2), ("b0.5", "s_sage-seed0", 1),
+        ("b1", "s_sage-seed0", 2), ("out", "s_vanilla-seed0", 4),
+    ]  # fmt: skip
+    text = report.read_text()
+    assert "**Equal epochs**" in text and "**Accuracy against training compute**" in text
+    # without the flag the sage's own schedule (4 epochs) is trained too, before the budgets
+    assert study.run(parser.parse_args([a for a in args if a != "--skip-equal-epochs"])) == 0
+    assert trained[4:] == [("out", "s_sage-seed0", 4)]
+
+
 def _tiny_config(path, name, extra=""):
     path.write_text(
         "dataset: fashion_mnist\ntrain_subset: 64\nval_size: 32\nmodel: preactresnet18_tiny\n"

@@ -1055,6 +1055,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--report-only", action="store_true", help="do not train, only report finished runs")
     parser.add_argument(
+        "--skip-equal-epochs", action="store_true",
+        help="train only the planned schedules (--frontier, --equal-time, --extend-to), not every "
+        "config's own schedule first; a --frontier point that is a config's own schedule is trained all the "
+        "same, and the equal-epoch runs that exist are reported",
+    )  # fmt: skip
+    parser.add_argument(
         "--select-on", choices=("test", "val"), default="test",
         help="val: curves, the figure and the choice among SAGE settings read the validation split (configs "
         "with val_size); the test top-1 of the final weights is reported beside it (default test)",
@@ -1358,12 +1364,18 @@ def _frontier_runs(
         own = {c.stem for c in configs if epochs[c.stem] == plan["schedules"][c.stem]}
         folder = args.output / "frontier" / f"b{label}"
         trained = [c for c in configs if c.stem not in own]
-        if trained and not args.report_only:
+        if not args.report_only:
             sync_record(args.output, args.record, "save")
-            run_study(
-                trained, args.seeds, folder, extra, epochs={c.stem: epochs[c.stem] for c in trained},
-                record=args.record / "frontier" / f"b{label}" if args.record else None,
-            )  # fmt: skip
+            if trained:
+                run_study(
+                    trained, args.seeds, folder, extra, epochs={c.stem: epochs[c.stem] for c in trained},
+                    record=args.record / "frontier" / f"b{label}" if args.record else None,
+                )  # fmt: skip
+            # the equal-epoch runs that are this budget's points: trained here when --skip-equal-epochs
+            # left them out (finished ones are skipped)
+            own_configs = [c for c in configs if c.stem in own]
+            if own_configs and args.skip_equal_epochs:
+                run_study(own_configs, args.seeds, args.output, extra, record=args.record)
         folders = [
             (args.output if c.stem in own else folder) / run_name(c, seed)
             for c in configs
@@ -1393,7 +1405,7 @@ def run(args: argparse.Namespace) -> int:
     # and not beside a running study (kept in OUTPUT/_timing: a resumed study reuses it).
     epoch_seconds = _epoch_seconds(args, extra)
     sync_record(args.output, args.record, "save")
-    if not args.report_only:
+    if not args.report_only and not args.skip_equal_epochs:
         run_study(args.configs, args.seeds, args.output, extra, record=args.record)
     names = method_names([c.stem for c in args.configs])
     shortened: dict[str, list[dict]] = {}
@@ -1413,14 +1425,17 @@ def run(args: argparse.Namespace) -> int:
         sync_record(args.output, args.record, "save")  # the plan, even when no budget trains anything
         frontier = _frontier_runs(args, extra, frontier_plan, names)
     results = collect(folders, epoch_seconds, metric=args.select_on, names=names)
-    if not results:
+    if not results and not any(frontier.values()):
         raise ValueError(f"no finished runs under {args.output}")
-    body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
-    body += "\n\n**Stalls** (runs still at chance after epoch 3; diverged runs)\n\n" + stall_table(results)
-    chosen = selection(results) if args.select_on == "val" else ""
-    if chosen:
-        body += "\n\n" + chosen
-    body += _paired_section(results, args.paired, "at equal epochs")
+    body = ""
+    if results:
+        body = "**Equal epochs** (final epoch of the schedule)\n\n" + table(results)
+        stalls = stall_table(results)
+        body += "\n\n**Stalls** (runs still at chance after epoch 3; diverged runs)\n\n" + stalls
+        chosen = selection(results) if args.select_on == "val" else ""
+        if chosen:
+            body += "\n\n" + chosen
+        body += _paired_section(results, args.paired, "at equal epochs")
     if plan is not None and args.budget_reference in results:
         reference_seconds = plan["seconds"][plan["reference"]]
         costs = {
@@ -1462,7 +1477,8 @@ def run(args: argparse.Namespace) -> int:
             body += _paired_section(trained_results(given, extended), args.paired, f"at {target}'s time")
     if frontier_plan is not None:
         reference = frontier_plan["reference"]
-        body += "\n\n" + frontier_section(frontier, frontier_plan, names.get(reference, reference))
+        section = frontier_section(frontier, frontier_plan, names.get(reference, reference))
+        body += ("\n\n" if body else "") + section
     print(body)
     if args.figure is not None:
         plot_curves(results, args.figure, args.title, metric=args.select_on)

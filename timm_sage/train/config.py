@@ -116,6 +116,7 @@ SUPPORTED: dict[str, tuple[str, Any]] = {
     "mixup_mode": ("str", "batch"),
     "mixup_off_epoch": ("int", 0),
     "mixup_on_epoch": ("int", 0),  # ours: mixing starts at this epoch (a warm-up without mixing)
+    "mixup_on_train_top1": ("float", 0.0),  # ours: ... and not before an epoch's training top-1 reached this
     "smoothing": ("float", 0.1),
     # SAGE: sage_<option> for every SageConfig option (added below), and the mixer's seed
     "sage_seed": ("int", None),
@@ -397,6 +398,8 @@ def _check(cfg: TrainConfig) -> None:
     for key in ("mixup_prob", "mixup_switch_prob", "hflip", "smoothing"):
         if not 0 <= cfg[key] <= 1:
             raise ValueError(f"{key} must lie in [0, 1], got {cfg[key]}")
+    if not 0 <= cfg.mixup_on_train_top1 < 100:
+        raise ValueError(f"mixup_on_train_top1 must lie in [0, 100) (percent), got {cfg.mixup_on_train_top1}")
     if cfg.cutmix_minmax is not None and len(cfg.cutmix_minmax) != 2:
         raise ValueError(f"cutmix_minmax must be two numbers (min max), got {cfg.cutmix_minmax}")
     from timm_sage.mixup import MODES  # the mixer's own list (imported here: it brings torch)

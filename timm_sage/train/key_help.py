@@ -94,6 +94,8 @@ KEY_HELP: dict[str, str] = {
     "mixup_off_epoch": "stop mixing from this epoch on (0: never)",
     "mixup_on_epoch": "start mixing at this epoch: the epochs before train unmixed (0: from the first; ours, "
     "not train.py's)",
+    "mixup_on_train_top1": "and not before an epoch has reached this training top-1 (percent; mixing starts "
+    "in the next epoch): a run leaves chance unmixed, whatever its seed (0: off; ours)",
     "smoothing": "label smoothing",
     # precision, EMA, run
     "amp": "mixed precision (autocast) for the forward and backward",

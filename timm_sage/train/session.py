@@ -310,8 +310,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.num_epochs):
             self._epoch = epoch
             if self.mixer is not None:
-                off, on = self.cfg.mixup_off_epoch, self.cfg.mixup_on_epoch
-                self.mixer.mixup_enabled = epoch >= on and not (off and epoch >= off)
+                self.mixer.mixup_enabled = self._mixing_on(epoch)
             skipped_before = int(self.mixer.skipped_batches) if self.mixer is not None else 0
             epoch_start = time.perf_counter()
             train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)
@@ -351,6 +350,7 @@ class Trainer:
                     (test["eval_time"] if test else 0.0) + (val["eval_time"] if val else 0.0), 3
                 ),
                 "skipped_sage_batches": skipped,
+                "mixing": None if self.mixer is None else bool(self.mixer.mixup_enabled),
             }
             if self.scheduler is not None:
                 # plateau schedulers read the validation metric where there is one; None between evaluations
@@ -358,6 +358,17 @@ class Trainer:
             self.rows.append(row)
             self._after_epoch(epoch + 1)
         return self._finish()
+
+    def _mixing_on(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` (0-based) mixes: from ``mixup_on_epoch`` until ``mixup_off_epoch``, and
+        with ``mixup_on_train_top1`` only after a finished epoch's training top-1 reached it. That epoch
+        trained unmixed, so its top-1 is on clean images; the rows come back with a resumed run, so a
+        resumed run decides as the uninterrupted one did."""
+        cfg = self.cfg
+        if epoch < cfg.mixup_on_epoch or (cfg.mixup_off_epoch and epoch >= cfg.mixup_off_epoch):
+            return False
+        threshold = cfg.mixup_on_train_top1
+        return not threshold or any(row["train_top1"] >= threshold for row in self.rows[:epoch])
 
     def _evaluate(self, model: nn.Module, loader: BatchLoader) -> dict[str, float]:
         return evaluate(model, loader.batches(), autocast=self.autocast, channels_last=self.cfg.channels_last)
