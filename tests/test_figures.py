@@ -30,6 +30,7 @@ MEASURED = {
     "scenes3_frontier.png": "timm-sage study",
     "study_curves.png": "timm-sage study",
     "study_scarce.png": "timm-sage study",
+    "study_scarce_forward.png": "timm-sage study",
     "study_scenes.png": "timm-sage study",
     "study_scenes2.png": "timm-sage study",
     "study_scenes2_cost.png": "timm-sage study",
