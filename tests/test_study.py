@@ -583,6 +583,24 @@ def test_frontier_figure_draws_each_method_through_its_budgets(tmp_path):
     assert figure.stat().st_size > 10_000 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _fake_trainer(monkeypatch, own_epochs: int = 4) -> list:
+    """Replace the study's training subprocess by one that writes a finished fake run (val and test top-1
+    60 + its epochs; ``own_epochs`` where the command gives none); returns the list of (folder, run,
+    epochs) it is called with, in order."""
+    trained = []
+
+    def fake_run(command, check):
+        folder = Path(command[command.index("--output") + 1])
+        name = command[command.index("--experiment") + 1]
+        epochs = int(command[command.index("--epochs") + 1]) if "--epochs" in command else own_epochs
+        trained.append((folder.name, name, epochs))
+        stem, seed = name.rsplit("-seed", 1)
+        _fake_val_run(folder, stem, int(seed), val=60.0 + epochs, test=60.0 + epochs, epochs=epochs)
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    return trained
+
+
 def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resumes(tmp_path, monkeypatch):
     configs = []
     for name in ("s_vanilla", "s_sage"):
@@ -594,17 +612,7 @@ def test_frontier_trains_budget_by_budget_reuses_the_equal_epoch_runs_and_resume
         _fake_val_run(out, "s_sage", seed, val=72.0, test=73.0 + seed)
     (out / "_timing").mkdir()
     (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
-    trained = []
-
-    def fake_run(command, check):
-        folder = Path(command[command.index("--output") + 1])
-        name = command[command.index("--experiment") + 1]
-        epochs = int(command[command.index("--epochs") + 1])
-        trained.append((folder.name, name, epochs))
-        stem, seed = name.rsplit("-seed", 1)
-        _fake_val_run(folder, stem, int(seed), val=60.0 + epochs, test=60.0 + epochs, epochs=epochs)
-
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    trained = _fake_trainer(monkeypatch)
     parser = __import__("argparse").ArgumentParser()
     study.add_arguments(parser)
     common = [*map(str, configs), "--seeds", "0", "1", "--output", str(out), "--select-on", "val",
@@ -659,17 +667,7 @@ def test_frontier_skip_equal_epochs_trains_only_the_budgets(tmp_path, monkeypatc
     out = tmp_path / "out"
     (out / "_timing").mkdir(parents=True)
     (out / "_timing" / "epoch_seconds.json").write_text(json.dumps({"s_vanilla": 1.0, "s_sage": 2.0}))
-    trained = []
-
-    def fake_run(command, check):
-        folder = Path(command[command.index("--output") + 1])
-        name = command[command.index("--experiment") + 1]
-        epochs = int(command[command.index("--epochs") + 1]) if "--epochs" in command else 4
-        trained.append((folder.name, name, epochs))
-        stem, seed = name.rsplit("-seed", 1)
-        _fake_val_run(folder, stem, int(seed), val=60.0 + epochs, test=60.0 + epochs, epochs=epochs)
-
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    trained = _fake_trainer(monkeypatch)
     parser = __import__("argparse").ArgumentParser()
     study.add_arguments(parser)
     report = tmp_path / "r.md"
