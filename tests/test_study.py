@@ -457,6 +457,12 @@ def test_stalled_runs_are_flagged_from_their_training_loss():
     runs = {"m": [{"seed": 0, "stalled": True, "diverged": False, "takeoff": 5},
                   {"seed": 1, "stalled": False, "diverged": False, "takeoff": 2}]}  # fmt: skip
     assert "| m | 2 | 1 (seeds 0) | 0 | 0: 5, 1: 2 |" in study.stall_table(runs)
+    # the rows say which epochs mixed: counted per run, and a column in the stall table
+    assert study.mixed_epochs([{"mixing": False}, {"mixing": True}, {"mixing": True}]) == 2
+    assert study.mixed_epochs([{"mixing": None}]) is None and study.mixed_epochs([{}]) is None
+    runs["m"][0] |= {"mixed_epochs": 3, "epochs": 7}
+    runs["m"][1] |= {"epochs": 7}
+    assert "| m | 2 | 1 (seeds 0) | 0 | 0: 5, 1: 2 | 0: 3/7, 1: n/a |" in study.stall_table(runs)
 
 
 def test_frontier_epochs_fit_each_budget_on_hand_computed_numbers():

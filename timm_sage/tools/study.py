@@ -235,6 +235,7 @@ def collect(
                 "stalled": is_stalled(rows, classes),
                 "diverged": is_diverged(rows),
                 "takeoff": takeoff_epoch(rows, classes),
+                "mixed_epochs": mixed_epochs(rows),
             }
         )
     return results
@@ -264,6 +265,13 @@ def is_stalled(rows: list[dict], classes: int) -> bool:
     return takeoff is None or takeoff > STALL_EPOCH
 
 
+def mixed_epochs(rows: list[dict]) -> int | None:
+    """How many epochs mixed (the rows' ``mixing``); None for a run without a mixer or whose rows do not
+    say (runs trained before the rows had it)."""
+    flags = [row.get("mixing") for row in rows]
+    return None if any(flag is None for flag in flags) else sum(flags)
+
+
 def is_diverged(rows: list[dict]) -> bool:
     """A non-finite training loss in any epoch."""
     return any(row.get("train_loss") is not None and not math.isfinite(row["train_loss"]) for row in rows)
@@ -272,19 +280,30 @@ def is_diverged(rows: list[dict]) -> bool:
 def stall_table(results: dict[str, list[dict]]) -> str:
     """Per method: runs still at chance after epoch 3 (:func:`is_stalled`), diverged runs, and each seed's
     takeoff epoch (the first below 98 % of ln C)."""
+    # the epochs that mixed, where runs say (mixing may start late: mixup_on_epoch, mixup_on_train_top1)
+    mixing = any(r.get("mixed_epochs") is not None for runs in results.values() for r in runs)
     lines = [
-        f"| method | runs | stalled after epoch {STALL_EPOCH} | diverged | takeoff epoch per seed |",
-        "|---|---:|---:|---:|---|",
+        f"| method | runs | stalled after epoch {STALL_EPOCH} | diverged | takeoff epoch per seed |"
+        + (" mixed epochs / epochs per seed |" if mixing else ""),
+        "|---|---:|---:|---:|---|" + ("---|" if mixing else ""),
     ]
     for method, runs in results.items():
+        ordered = sorted(runs, key=lambda r: r["seed"])
         stalled = [r["seed"] for r in runs if r["stalled"]]
         diverged = sum(r["diverged"] for r in runs)
         takeoffs = ", ".join(
-            f"{r['seed']}: {r['takeoff'] if r['takeoff'] is not None else 'never'}"
-            for r in sorted(runs, key=lambda r: r["seed"])
+            f"{r['seed']}: {r['takeoff'] if r['takeoff'] is not None else 'never'}" for r in ordered
         )
         stalled_cell = f"{len(stalled)}" + (f" (seeds {', '.join(map(str, stalled))})" if stalled else "")
-        lines.append(f"| {method} | {len(runs)} | {stalled_cell} | {diverged} | {takeoffs} |")
+        line = f"| {method} | {len(runs)} | {stalled_cell} | {diverged} | {takeoffs} |"
+        if mixing:
+            cells = [
+                f"{r['seed']}: "
+                + ("n/a" if r.get("mixed_epochs") is None else f"{r['mixed_epochs']}/{r['epochs']}")
+                for r in ordered
+            ]
+            line += " " + ", ".join(cells) + " |"
+        lines.append(line)
     return "\n".join(lines)
 
 
