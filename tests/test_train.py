@@ -223,7 +223,7 @@ def test_shipped_configs_resolve_and_cifar_ones_use_train_py_keys_only():
     recipes = sorted(folder.glob("*.yaml"))
     assert len(recipes) == 16 + 1  # the paper's CIFAR recipes and the main job
     studies = study_configs()  # 10k study, data-scarce study, scenes study (version 1), scenes-2 study, ...
-    counts = {"fmnist10k": 4, "scarce": 14, "scenes": 14, "scenes2": 9}
+    counts = {"fmnist10k": 4, "scarce": 17, "scenes": 14, "scenes2": 9, "scenes3": 10}
     assert counts.items() <= {name: len(configs) for name, configs in studies.items()}.items()
     paths = recipes + [path for configs in studies.values() for path in configs.values()]
     for path in paths:
