@@ -198,15 +198,15 @@ def test_mixup_on_train_top1_waits_for_an_epoch_at_the_threshold(tmp_path):
     trainer.rows = rows
     # epoch e reads the rows of epochs 0..e-1: the first at >= 30 % is epoch 1, so mixing from epoch 2 on,
     # and it stays on when a later (mixed) epoch's top-1 is lower
-    assert [trainer._mixing_on(e) for e in range(5)] == [False, False, True, True, True]
+    assert [trainer.mixing_on(e) for e in range(5)] == [False, False, True, True, True]
     trainer.rows = [{"train_top1": 40.0}]
-    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, True]  # mixup_on_epoch 1 still holds
+    assert [trainer.mixing_on(e) for e in range(3)] == [False, True, True]  # mixup_on_epoch 1 still holds
     trainer.cfg.mixup_off_epoch = 2
-    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, False]
+    assert [trainer.mixing_on(e) for e in range(3)] == [False, True, False]
     trainer.cfg.mixup_on_train_top1 = 0.0  # off: mixup_on_epoch alone
     trainer.rows = []
     trainer.cfg.mixup_off_epoch = 0
-    assert [trainer._mixing_on(e) for e in range(3)] == [False, True, True]
+    assert [trainer.mixing_on(e) for e in range(3)] == [False, True, True]
 
 
 def test_mixup_on_train_top1_end_to_end_and_resumed(tmp_path):

@@ -310,7 +310,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.num_epochs):
             self._epoch = epoch
             if self.mixer is not None:
-                self.mixer.mixup_enabled = self._mixing_on(epoch)
+                self.mixer.mixup_enabled = self.mixing_on(epoch)
             skipped_before = int(self.mixer.skipped_batches) if self.mixer is not None else 0
             epoch_start = time.perf_counter()
             train_stats, steps_this_run = self._train_epoch(epoch, steps_this_run, stop_after_steps)
@@ -359,7 +359,7 @@ class Trainer:
             self._after_epoch(epoch + 1)
         return self._finish()
 
-    def _mixing_on(self, epoch: int) -> bool:
+    def mixing_on(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (0-based) mixes: from ``mixup_on_epoch`` until ``mixup_off_epoch``, and
         with ``mixup_on_train_top1`` only after a finished epoch's training top-1 reached it. That epoch
         trained unmixed, so its top-1 is on clean images; the rows come back with a resumed run, so a

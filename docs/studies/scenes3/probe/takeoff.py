@@ -23,6 +23,7 @@ import torch
 
 def main(argv: list[str]) -> None:
     from timm_sage.train.config import load_config
+    from timm_sage.train.loop import hard_labels
     from timm_sage.train.session import Trainer
 
     stop_at_takeoff = "--stop-at-takeoff" in argv
@@ -47,13 +48,17 @@ def main(argv: list[str]) -> None:
     takeoff, vals = None, []
     start = time.perf_counter()
     for epoch in range(epochs):
-        if trainer.mixer is not None:  # as Trainer.fit: mixing between mixup_on_epoch and mixup_off_epoch
-            off = cfg.mixup_off_epoch
-            trainer.mixer.mixup_enabled = epoch >= cfg.mixup_on_epoch and not (off and epoch >= off)
+        if trainer.mixer is not None:  # Trainer.fit's rule, read from the rows kept below
+            trainer.mixer.mixup_enabled = trainer.mixing_on(epoch)
+        correct = seen = 0
         for x, y in trainer.train_loader.batches(epoch):
-            losses.append(float(trainer.train_one_step(x, y).loss))
+            result = trainer.train_one_step(x, y)
+            losses.append(float(result.loss))
+            correct += int((result.logits.argmax(1) == hard_labels(result.target)).sum())
+            seen += y.shape[0]
             if takeoff is None and len(losses) >= 20 and sum(losses[-20:]) / 20 < threshold:
                 takeoff = len(losses)
+        trainer.rows.append({"epoch": epoch + 1, "train_top1": 100 * correct / max(seen, 1)})
         if trainer.scheduler is not None:
             trainer.scheduler.step(epoch + 1)
         vals.append(round(trainer._evaluate(trainer.forward_model, trainer.val_loader)["test_top1"], 2))
