@@ -580,6 +580,47 @@ def test_frontier_tables_on_a_small_fake_study():
     assert "0.5x = 5 s, 1x = 10 s" in section and "| b at 0.5x | 3 | 1 (seeds 2) | 0 |" in section
 
 
+def test_contrasts_parse_and_refuse_bad_input():
+    assert study.parse_contrasts(["sage_ce:sage_ce_random", " a : b ", "a:b"]) == [
+        ("sage_ce", "sage_ce_random"), ("a", "b")]  # fmt: skip
+    assert study.parse_contrasts(None) == []
+    for bad in ("sage_ce", "a:b:c", ":b", "a:", "a:a"):
+        with pytest.raises(ValueError, match="--contrast"):
+            study.parse_contrasts([bad])
+
+
+def test_named_contrasts_on_a_small_fake_study():
+    frontier = _small_frontier()
+    del frontier["1"]["b"]  # a contrast whose method has no run at a budget is left out there
+    frontier["1"]["d"] = frontier["1"]["c"]
+    contrasts = [("c", "a"), ("b", "c")]
+    family = {
+        (f["budget"], f["anchor"], f["rival"]): f for f in study.frontier_contrasts(frontier, contrasts)
+    }
+    assert set(family) == {("0.5", "c", "a"), ("0.5", "b", "c"), ("1", "c", "a")}
+    # 0.5x: c - a = -2, -2, -2 (no spread: p 0); b - c = 1, 0, 2 (t = sqrt 3, 2 dof: p = 1 - sqrt(3/5));
+    # 1x: c - a = 2, -1, 2 (mean 1, sd sqrt 3, t = 1: p = 1 - 1/sqrt 3). Holm over these three alone:
+    # 0 x 3 = 0, 0.225403 x 2 = 0.450806, then max(0.450806, 0.422650) = 0.450806.
+    assert family[("0.5", "c", "a")]["diffs"] == [-2.0, -2.0, -2.0] and family[("0.5", "c", "a")]["p"] == 0
+    assert family[("0.5", "b", "c")]["p"] == pytest.approx(1 - 0.6**0.5)
+    assert family[("1", "c", "a")]["p"] == pytest.approx(1 - 3**-0.5)
+    assert [family[k]["holm"] for k in (("0.5", "c", "a"), ("0.5", "b", "c"), ("1", "c", "a"))] == (
+        pytest.approx([0.0, 2 * (1 - 0.6**0.5), 2 * (1 - 0.6**0.5)]))  # fmt: skip
+    table = study.frontier_contrast_table(frontier, contrasts)
+    assert "the 3 contrasts below" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "minus" in line]
+    assert [r.split("|")[1:3] for r in rows] == [
+        [" c minus a ", " 0.5x "], [" c minus a ", " 1x "], [" b minus c ", " 0.5x "]]  # fmt: skip
+    # c - a at 1x: mean 1, median 2, 1 -+ t(0.975, 2) sqrt 3 / sqrt 3 = 1 -+ 4.302653
+    assert rows[1].endswith(
+        "| 3 | +1.00 | +2.00 | (-3.30, +5.30) | 0.4226 | 0.4508 | 0: +2.00, 1: -1.00, 2: +2.00 |"
+    )
+    assert study.frontier_contrast_table(frontier, [("a", "zzz")]) == ""
+    plan = {"reference": "s_a", "reference_epochs": 2, "seconds": {"s_a": 5.0}, "timed": True}
+    assert "**Named contrasts at each budget**" in study.frontier_section(frontier, plan, "a", contrasts)
+    assert "Named contrasts" not in study.frontier_section(frontier, plan, "a")
+
+
 def test_frontier_figure_draws_each_method_through_its_budgets(tmp_path):
     frontier = _small_frontier()
     figure = tmp_path / "frontier.png"
@@ -744,8 +785,12 @@ def test_timm_sage_study_frontier_end_to_end(tmp_path, monkeypatch, capsys):
         raise AssertionError(f"trained again: {command}")
 
     monkeypatch.setattr(study.subprocess, "run", no_training)
-    assert main(command) == 0
+    assert main([*command, "--contrast", "cutmix:vanilla"]) == 0
     assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+    assert "No contrast: no named pair shares two finished seeds" in report.read_text()  # one seed
+    # the CLI's argument error (exit status 2), before anything is read or trained
+    assert main([*command, "--contrast", "mixup:vanilla"]) == 2
+    assert "--contrast: 'mixup' not among the study's methods (cutmix, vanilla)" in capsys.readouterr().err
 
 
 def test_a_config_added_to_a_frontier_is_planned_on_the_stored_scale(tmp_path, monkeypatch):

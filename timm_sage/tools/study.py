@@ -359,7 +359,8 @@ def _val_table(results: dict[str, list[dict]]) -> str:
     disjoint = all(r.get("test_disjoint_top1") is not None for runs in results.values() for r in runs)
     extra_head, extra_rule = (" disjoint-photo test mean | std |", "---:|---:|") if disjoint else ("", "")
     lines = [
-        "| method | runs | val top-1 mean | val std | test top-1 mean | test std |" + extra_head
+        "| method | runs | val top-1 mean | val std | test top-1 mean | test std |"
+        + extra_head
         + " final train top-1 | train s/run | seeds (val / test top-1) |",
         "|---|---:|---:|---:|---:|---:|" + extra_rule + "---:|---:|---|",
     ]
@@ -796,10 +797,80 @@ def frontier_paired_tables(frontier: dict[str, dict[str, list[dict]]]) -> str:
     return "\n\n".join(parts)
 
 
-def frontier_section(frontier: dict[str, dict[str, list[dict]]], plan: dict, reference_method: str) -> str:
+def parse_contrasts(values: list[str] | None) -> list[tuple[str, str]]:
+    """``--contrast`` items ``"A:B"`` (A minus B) -> ``[(A, B), ...]``, in order, repeats dropped."""
+    pairs: list[tuple[str, str]] = []
+    for value in values or []:
+        parts = value.split(":") if isinstance(value, str) else []
+        if len(parts) != 2 or not all(part.strip() for part in parts):
+            raise ValueError(f"--contrast takes METHOD:METHOD (the first minus the second), got {value!r}")
+        first, second = (part.strip() for part in parts)
+        if first == second:
+            raise ValueError(f"--contrast {value!r} compares a method with itself")
+        if (first, second) not in pairs:
+            pairs.append((first, second))
+    return pairs
+
+
+def frontier_contrasts(
+    frontier: dict[str, dict[str, list[dict]]], contrasts: list[tuple[str, str]]
+) -> list[dict]:
+    """The contrasts a study names before it runs (``--contrast A:B``, e.g. a method minus its ablation):
+    at every budget where A and B share two finished seeds, A minus B paired by seed on test top-1
+    (:func:`paired_test`), with ``holm`` adjusted by :func:`holm` over this family alone (the questions
+    are set in advance, apart from the best-on-validation family of :func:`frontier_comparisons`). Each
+    item: ``budget``, ``anchor`` (A), ``rival`` (B) and :func:`paired_test`'s keys; budget-major order."""
+    family = []
+    for label in _sorted_budgets(frontier):
+        for anchor, rival in contrasts:
+            first, second = frontier[label].get(anchor, []), frontier[label].get(rival, [])
+            test = paired_test(first, second) if first and second else None
+            if test is not None:
+                family.append({"budget": label, "anchor": anchor, "rival": rival, **test})
+    for item, adjusted in zip(family, holm([item["p"] for item in family]), strict=True):
+        item["holm"] = adjusted
+    return family
+
+
+def frontier_contrast_table(
+    frontier: dict[str, dict[str, list[dict]]], contrasts: list[tuple[str, str]]
+) -> str:
+    """:func:`frontier_contrasts` as one table, a row per contrast and budget: seeds, mean and median
+    difference of test top-1, the 95 % t interval, the paired t-test's p and its Holm-adjusted p over
+    the named contrasts. Empty when no contrast has two shared seeds at any budget."""
+    family = frontier_contrasts(frontier, contrasts)
+    if not family:
+        return ""
+    lines = [
+        f"Family for Holm's correction: the {len(family)} contrasts below, named before the runs "
+        "(`--contrast`), apart from the family above; test top-1 points, paired by seed.",
+        "",
+        "| contrast | budget | seeds | mean diff | median diff | 95 % interval | p (paired t) | Holm p "
+        "| per seed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for item in sorted(
+        family, key=lambda i: (contrasts.index((i["anchor"], i["rival"])), float(i["budget"]))
+    ):
+        seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(item["seeds"], item["diffs"], strict=True))
+        lines.append(
+            f"| {item['anchor']} minus {item['rival']} | {item['budget']}x | {len(item['diffs'])} "
+            f"| {item['mean']:+.2f} | {item['median']:+.2f} | ({item['low']:+.2f}, {item['high']:+.2f}) "
+            f"| {_p_cell(item['p'])} | {_p_cell(item['holm'])} | {seeds} |"
+        )
+    return "\n".join(lines)
+
+
+def frontier_section(
+    frontier: dict[str, dict[str, list[dict]]],
+    plan: dict,
+    reference_method: str,
+    contrasts: tuple[tuple[str, str], ...] | list[tuple[str, str]] = (),
+) -> str:
     """The report's frontier part: the plan's budgets in seconds, :func:`frontier_table`,
-    :func:`frontier_best_table`, :func:`frontier_paired_tables` and a :func:`stall_table` with a row per
-    method and budget."""
+    :func:`frontier_best_table`, :func:`frontier_paired_tables`, the named ``contrasts``
+    (:func:`frontier_contrast_table`, when given) and a :func:`stall_table` with a row per method and
+    budget."""
     reference_total = plan["reference_epochs"] * plan["seconds"][plan["reference"]]
     budgets = ", ".join(
         f"{label}x = {float(label) * reference_total:.0f} s" for label in _sorted_budgets(frontier)
@@ -817,6 +888,11 @@ def frontier_section(frontier: dict[str, dict[str, list[dict]]], plan: dict, ref
     text += "\n\n**Paired by seed at each budget**\n\n" + (
         paired or "No comparison: no two methods share two finished seeds at a budget."
     )
+    if contrasts:
+        named = frontier_contrast_table(frontier, list(contrasts))
+        text += "\n\n**Named contrasts at each budget**\n\n" + (
+            named or "No contrast: no named pair shares two finished seeds at a budget."
+        )
     # One stall table for the whole frontier: a row per method and budget.
     rows = {
         f"{method} at {label}x": runs
@@ -1122,6 +1198,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "its budgets",
     )  # fmt: skip
     parser.add_argument(
+        "--contrast", nargs="+", default=None, metavar="A:B",
+        help="with --frontier: the paired contrasts A minus B (method names, e.g. sage_ce:sage_ce_random) "
+        "reported at every budget with 95 %% t intervals and Holm's correction over these contrasts",
+    )  # fmt: skip
+    parser.add_argument(
         "--paired", default=None, metavar="METHOD",
         help="add tables of METHOD minus each other method, paired by seed, with 95 %% t intervals",
     )  # fmt: skip
@@ -1414,6 +1495,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--extend needs --extend-to")
     if args.frontier_figure is not None and not args.frontier:
         raise ValueError("--frontier-figure needs --frontier")
+    contrasts = parse_contrasts(args.contrast)
+    if contrasts and not args.frontier:
+        raise ValueError("--contrast needs --frontier")
+    known = set(method_names([c.stem for c in args.configs]).values())
+    unknown = sorted({m for pair in contrasts for m in pair} - known)
+    if unknown:
+        raise ValueError(
+            f"--contrast: {', '.join(map(repr, unknown))} not among the study's methods "
+            f"({', '.join(sorted(known))})"
+        )
     for budget in args.frontier or []:
         if not (math.isfinite(budget) and budget > 0):
             raise ValueError(f"--frontier budgets must be positive numbers, got {budget!r}")
@@ -1496,7 +1587,7 @@ def run(args: argparse.Namespace) -> int:
             body += _paired_section(trained_results(given, extended), args.paired, f"at {target}'s time")
     if frontier_plan is not None:
         reference = frontier_plan["reference"]
-        section = frontier_section(frontier, frontier_plan, names.get(reference, reference))
+        section = frontier_section(frontier, frontier_plan, names.get(reference, reference), contrasts)
         body += ("\n\n" if body else "") + section
     print(body)
     if args.figure is not None:

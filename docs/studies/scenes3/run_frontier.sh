@@ -17,6 +17,12 @@ main=("${c}"_{vanilla,cutmix,timm_recipe,timm_recipe_clean,sage,sage_ce,sage_ce_
 candidates=("${c}"_sage_ce_{cam,features,cam_half}.yaml)
 common=(--output runs/scenes3 --record docs/studies/scenes3/record --select-on val --time-steps 40
         --budget-reference vanilla --skip-equal-epochs)
+# The questions the report's named contrasts answer (set before the runs, their own Holm family): does
+# SAGE's search pay beyond the same mask and clean term with a random translation; does SAGE pay beyond
+# timm's recipe given the same clean term; does the clean term pay for its pass; the cross-entropy
+# saliency against the paper's; the forward-only source against the gradient source.
+contrasts=(sage_ce:sage_ce_random sage_ce:timm_recipe_clean timm_recipe_clean:timm_recipe sage_ce:sage
+           sage_ce_cam_half:sage_ce)
 study=(.venv/bin/timm-sage study)
 stage=${1:-main}
 shift || true
@@ -27,6 +33,6 @@ case $stage in
   chosen) stem=$1; shift; "${study[@]}" "${c}_${stem}.yaml" --seeds 0 1 2 3 4 "${common[@]}" --frontier "${@:-0.5 1 2}" ;;
   report) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier 0.5 1 2 \
             --report-only --report docs/results.md --section study-scenes3-frontier \
-            --frontier-figure docs/figures/scenes3_frontier.png --title "Scenes-3" ;;
+            --frontier-figure docs/figures/scenes3_frontier.png --title "Scenes-3" --contrast "${contrasts[@]}" ;;
   *) echo "unknown stage $stage (plan, select, main, chosen, report)" >&2; exit 2 ;;
 esac
