@@ -817,8 +817,8 @@ def frontier_contrasts(
 ) -> list[dict]:
     """The contrasts a study names before it runs (``--contrast A:B``, e.g. a method minus its ablation):
     at every budget where A and B share two finished seeds, A minus B paired by seed on test top-1
-    (:func:`paired_test`), with ``holm`` adjusted by :func:`holm` over this family alone (the questions
-    are set in advance, apart from the best-on-validation family of :func:`frontier_comparisons`). Each
+    (:func:`paired_test`), with ``holm`` adjusted by :func:`holm` over this family alone (a family of its
+    own, apart from the best-on-validation family of :func:`frontier_comparisons`). Each
     item: ``budget``, ``anchor`` (A), ``rival`` (B) and :func:`paired_test`'s keys; budget-major order."""
     family = []
     for label in _sorted_budgets(frontier):
@@ -842,8 +842,8 @@ def frontier_contrast_table(
     if not family:
         return ""
     lines = [
-        f"Family for Holm's correction: the {len(family)} contrasts below, named before the runs "
-        "(`--contrast`), apart from the family above; test top-1 points, paired by seed.",
+        f"Family for Holm's correction: the {len(family)} contrasts below (named with "
+        "`--contrast`), apart from the family above; test top-1 points, paired by seed.",
         "",
         "| contrast | budget | seeds | mean diff | median diff | 95 % interval | p (paired t) | Holm p "
         "| per seed |",
