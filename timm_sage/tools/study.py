@@ -737,6 +737,24 @@ def frontier_best_table(frontier: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
+def _with_holm(family: list[dict]) -> list[dict]:
+    """``family`` with each item's ``holm``: its ``p`` adjusted by :func:`holm` over the whole family."""
+    for item, adjusted in zip(family, holm([item["p"] for item in family]), strict=True):
+        item["holm"] = adjusted
+    return family
+
+
+def _paired_cells(item: dict) -> str:
+    """A paired comparison's table cells: seeds, mean and median difference, 95 % interval, p, Holm p,
+    the difference per seed."""
+    seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(item["seeds"], item["diffs"], strict=True))
+    return (
+        f"{len(item['diffs'])} | {item['mean']:+.2f} | {item['median']:+.2f} "
+        f"| ({item['low']:+.2f}, {item['high']:+.2f}) | {_p_cell(item['p'])} | {_p_cell(item['holm'])} "
+        f"| {seeds} |"
+    )
+
+
 def frontier_comparisons(frontier: dict[str, dict[str, list[dict]]]) -> list[dict]:
     """The family of comparisons of the frontier: at each budget, the method best on validation minus
     each other method, paired by seed on test top-1 (:func:`paired_test`), with ``holm`` the p-value
@@ -754,9 +772,7 @@ def frontier_comparisons(frontier: dict[str, dict[str, list[dict]]]) -> list[dic
             test = paired_test(frontier[label][anchor], runs)
             if test is not None:
                 family.append({"budget": label, "anchor": anchor, "rival": rival, **test})
-    for item, adjusted in zip(family, holm([item["p"] for item in family]), strict=True):
-        item["holm"] = adjusted
-    return family
+    return _with_holm(family)
 
 
 def _p_cell(p: float) -> str:
@@ -787,12 +803,7 @@ def frontier_paired_tables(frontier: dict[str, dict[str, list[dict]]]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for item in rows:
-            seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(item["seeds"], item["diffs"], strict=True))
-            lines.append(
-                f"| {item['rival']} | {len(item['diffs'])} | {item['mean']:+.2f} | {item['median']:+.2f} "
-                f"| ({item['low']:+.2f}, {item['high']:+.2f}) | {_p_cell(item['p'])} "
-                f"| {_p_cell(item['holm'])} | {seeds} |"
-            )
+            lines.append(f"| {item['rival']} | " + _paired_cells(item))
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
@@ -827,9 +838,7 @@ def frontier_contrasts(
             test = paired_test(first, second) if first and second else None
             if test is not None:
                 family.append({"budget": label, "anchor": anchor, "rival": rival, **test})
-    for item, adjusted in zip(family, holm([item["p"] for item in family]), strict=True):
-        item["holm"] = adjusted
-    return family
+    return _with_holm(family)
 
 
 def frontier_contrast_table(
@@ -852,12 +861,7 @@ def frontier_contrast_table(
     for item in sorted(
         family, key=lambda i: (contrasts.index((i["anchor"], i["rival"])), float(i["budget"]))
     ):
-        seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in zip(item["seeds"], item["diffs"], strict=True))
-        lines.append(
-            f"| {item['anchor']} minus {item['rival']} | {item['budget']}x | {len(item['diffs'])} "
-            f"| {item['mean']:+.2f} | {item['median']:+.2f} | ({item['low']:+.2f}, {item['high']:+.2f}) "
-            f"| {_p_cell(item['p'])} | {_p_cell(item['holm'])} | {seeds} |"
-        )
+        lines.append(f"| {item['anchor']} minus {item['rival']} | {item['budget']}x | " + _paired_cells(item))
     return "\n".join(lines)
 
 
