@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The scenes-3 frontier (docs/results.md): test top-1 against training compute, every method trained to
-# completion at 0.5x, 1x and 2x of no mixing's 15-epoch time, 5 seeds at every point. One torch thread
-# per process; start it in two shells at once to use both cores of a 2-core box (each run is claimed by
-# one process). Resumable: finished runs are skipped, an interrupted run resumes from its checkpoint, and
-# the record under docs/studies/scenes3/record (runs, plan, clock) is restored first.
+# completion at 0.5x, 1x and 2x of no mixing's 15-epoch time, and the method best on validation at 2x
+# in each family (no mixing, timm's recipe, the forward-only SAGE) at 4x, 5 seeds at every point. One
+# torch thread per process; start it in two shells at once to use both cores of a 2-core box (each run
+# is claimed by one process). Resumable: finished runs are skipped, an interrupted run resumes from its
+# checkpoint, and the record under docs/studies/scenes3/record (runs, plan, clock) is restored first.
+# Edit this file only while no stage runs, or replace it whole (mv): bash reads it as it goes.
 #   run_frontier.sh plan        time every config in one process (--time-steps) and write the plan
 #   run_frontier.sh select      the forward-only candidates, 3 seeds at 1x (chosen on validation)
 #   run_frontier.sh main B...   the seven methods at budgets B (default 0.5 1 2), 5 seeds
-#   run_frontier.sh chosen STEM B...   the chosen forward-only config at budgets B, 5 seeds
+#   run_frontier.sh chosen STEM B...   one config (the chosen forward-only one; the 4x leaders) at budgets B
 #   run_frontier.sh report      the tables into docs/results.md and the figure (trains nothing)
 set -eu
 cd "$(dirname "$0")/../../.."
@@ -31,7 +33,7 @@ case $stage in
   select) "${study[@]}" "${candidates[@]}" --seeds 0 1 2 "${common[@]}" --frontier 1 ;;
   main) "${study[@]}" "${main[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier "${@:-0.5 1 2}" ;;
   chosen) stem=$1; shift; "${study[@]}" "${c}_${stem}.yaml" --seeds 0 1 2 3 4 "${common[@]}" --frontier "${@:-0.5 1 2}" ;;
-  report) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier 0.5 1 2 \
+  report) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier 0.5 1 2 4 \
             --report-only --report docs/results.md --section study-scenes3-frontier \
             --frontier-figure docs/figures/scenes3_frontier.png --title "Scenes-3" --contrast "${contrasts[@]}" ;;
   *) echo "unknown stage $stage (plan, select, main, chosen, report)" >&2; exit 2 ;;
