@@ -5,6 +5,8 @@
 # torch thread per process; start it in two shells at once to use both cores of a 2-core box (each run
 # is claimed by one process). Resumable: finished runs are skipped, an interrupted run resumes from its
 # checkpoint, and the record under docs/studies/scenes3/record (runs, plan, clock) is restored first.
+# SEEDS="5 6 7" trains more seeds of a stage (default 0 1 2 3 4; the report reads seeds 0 to 7, where a
+# decision hangs on the 5: a method reports the seeds it has, a paired difference the seeds both have).
 # Edit this file only while no stage runs, or replace it whole (mv): bash reads it as it goes.
 #   run_frontier.sh plan        time every config in one process (--time-steps) and write the plan
 #   run_frontier.sh select      the forward-only candidates, 3 seeds at 1x (chosen on validation)
@@ -26,14 +28,16 @@ common=(--output runs/scenes3 --record docs/studies/scenes3/record --select-on v
 contrasts=(sage_ce:sage_ce_random sage_ce:timm_recipe_clean timm_recipe_clean:timm_recipe sage_ce:sage
            sage_ce_cam_half:sage_ce)
 study=(.venv/bin/timm-sage study)
+read -ra seeds <<< "${SEEDS:-0 1 2 3 4}"
 stage=${1:-main}
 shift || true
 case $stage in
   plan) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier 0.5 1 2 --report-only ;;
   select) "${study[@]}" "${candidates[@]}" --seeds 0 1 2 "${common[@]}" --frontier 1 ;;
-  main) "${study[@]}" "${main[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier "${@:-0.5 1 2}" ;;
-  chosen) stem=$1; shift; "${study[@]}" "${c}_${stem}.yaml" --seeds 0 1 2 3 4 "${common[@]}" --frontier "${@:-0.5 1 2}" ;;
-  report) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 "${common[@]}" --frontier 0.5 1 2 4 \
+  main) (( $# )) || set -- 0.5 1 2; "${study[@]}" "${main[@]}" --seeds "${seeds[@]}" "${common[@]}" --frontier "$@" ;;
+  chosen) stem=$1; shift; (( $# )) || set -- 0.5 1 2
+          "${study[@]}" "${c}_${stem}.yaml" --seeds "${seeds[@]}" "${common[@]}" --frontier "$@" ;;
+  report) "${study[@]}" "${main[@]}" "${candidates[@]}" --seeds 0 1 2 3 4 5 6 7 "${common[@]}" --frontier 0.5 1 2 4 \
             --report-only --report docs/results.md --section study-scenes3-frontier \
             --frontier-figure docs/figures/scenes3_frontier.png --title "Scenes-3" --contrast "${contrasts[@]}" ;;
   *) echo "unknown stage $stage (plan, select, main, chosen, report)" >&2; exit 2 ;;
